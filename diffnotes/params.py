@@ -1,0 +1,49 @@
+"""Checks for notebook (papermill) parameters and devices: bad input is a ``ValueError`` naming the parameter."""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check", "resolve_device", "generator"]
+
+
+def check(name, value, kind, *, lo=None, hi=None, choices=None, each=False):
+    """Return ``value`` if it is a ``kind`` (``int``, ``float``, ``str``, ``bool``) within ``[lo, hi]`` / in
+    ``choices``, else raise ``ValueError`` naming the parameter.  With ``each``, ``value`` is a non-empty list
+    and every entry is checked."""
+    if each:
+        if not isinstance(value, (list, tuple)) or len(value) == 0:
+            raise ValueError(f"parameter {name!r} must be a non-empty list, got {value!r}")
+        return [check(f"{name}[{i}]", v, kind, lo=lo, hi=hi, choices=choices) for i, v in enumerate(value)]
+    ok_type = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok_type = float(value), True
+    if not ok_type:
+        raise ValueError(f"parameter {name!r} must be of type {kind.__name__}, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ValueError(f"parameter {name!r} must be one of {list(choices)}, got {value!r}")
+    if lo is not None and value < lo:
+        raise ValueError(f"parameter {name!r} must be >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ValueError(f"parameter {name!r} must be <= {hi}, got {value!r}")
+    return value
+
+
+def resolve_device(device):
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` (CUDA when present) or a ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: unknown device {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: unsupported device {device!r} (use 'cpu', 'cuda' or 'auto')")
+    return dev
+
+
+def generator(seed, device="cpu"):
+    """A ``torch.Generator`` on ``device`` seeded with ``seed``."""
+    check("seed", seed, int, lo=0)
+    return torch.Generator(device=resolve_device(device)).manual_seed(seed)

@@ -1,0 +1,190 @@
+"""Unconditional samplers, one function each, in the spirit of k-diffusion's ``sampling.py``.
+
+Shared signature::
+
+    sampler(score, x, schedule, *, generator=None, stop=0, trajectory=False, progress=False, **options)
+        -> Samples(x, nfe, trajectory)
+
+* ``score(x, lab)`` is any callable returning ``grad log q_t(x)`` at noise level ``lab = log alphabar_t``
+  (exact, from :mod:`diffnotes.targets`, or a network); samplers do not know the difference.
+* ``x`` is ``Y_T``, a batch ``(n, d)``; the sampler runs ``t = T, ..., stop + 1`` and returns ``Y_stop``
+  (document 002's theorems compare ``p_{X_1}`` with ``p_{Y_1}``: use ``stop=1`` there).
+* ``nfe`` counts score evaluations per sample (one batched call is one evaluation).
+
+The updates are written as in the documents, with 002's notation ``alpha_t = 1 - beta_t``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .schedules import VPSchedule
+
+__all__ = ["Samples", "CountingScore", "ddpm", "ddim", "flow_ode", "accel_ode", "accel_sde", "SAMPLERS",
+           "DDPM_VARIANCES"]
+
+DDPM_VARIANCES = ("beta", "beta_tilde", "beta_over_alpha")
+
+
+@dataclass
+class Samples:
+    x: torch.Tensor
+    nfe: int
+    trajectory: list | None = field(default=None, repr=False)
+
+
+class CountingScore:
+    """Wraps a score and counts its (batched) evaluations: an independent check of the samplers' ``nfe``."""
+
+    def __init__(self, score):
+        self.score, self.calls = score, 0
+
+    def __call__(self, x, lab):
+        self.calls += 1
+        return self.score(x, lab)
+
+
+def _setup(x, schedule, stop, generator=None, need_generator=False):
+    if not isinstance(schedule, VPSchedule):
+        raise ValueError(f"schedule must be a VPSchedule, got {type(schedule).__name__}")
+    if not torch.is_tensor(x) or x.ndim != 2:
+        raise ValueError(f"x must be a (n, d) tensor, got {tuple(x.shape) if torch.is_tensor(x) else type(x)}")
+    if isinstance(stop, bool) or not isinstance(stop, int) or not 0 <= stop < schedule.T:
+        raise ValueError(f"stop must be an integer in [0, T) = [0, {schedule.T}), got {stop!r}")
+    if generator is not None and torch.device(generator.device).type != x.device.type:
+        raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
+    if schedule.device != x.device:
+        schedule = schedule.to(x.device)
+    return schedule
+
+
+def _noise(x, generator):
+    return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+
+
+def _steps(schedule, stop, progress, desc):
+    ts = range(schedule.T, stop, -1)
+    if progress:
+        from tqdm.auto import tqdm
+        return tqdm(ts, desc=desc, leave=False)
+    return ts
+
+
+def _check_finite(x, t, name):
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(f"{name}: non-finite values at step t = {t}")
+
+
+def ddpm(score, x, schedule, *, variance="beta", generator=None, stop=0, trajectory=False, progress=False):
+    """Ancestral DDPM (Ho et al. 2020; 002's stochastic sampler):
+
+    ``Y_{t-1} = (Y_t + beta_t s_t(Y_t)) / sqrt(alpha_t) + sigma_t Z``, with ``sigma_t^2`` one of
+    ``"beta"`` (``beta_t``), ``"beta_tilde"`` (``beta_t (1 - alphabar_{t-1}) / (1 - alphabar_t)``) or
+    ``"beta_over_alpha"`` (``(1 - alpha_t) / alpha_t``, as written in 002 and 000)."""
+    sch = _setup(x, schedule, stop, generator)
+    if variance == "beta":
+        var = sch.beta
+    elif variance == "beta_tilde":
+        var = sch.beta_tilde
+    elif variance == "beta_over_alpha":
+        var = sch.beta / sch.alpha
+    else:
+        raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
+    rsa, beta, sd = torch.exp(-0.5 * sch.log_alpha), sch.beta, var.sqrt()
+    traj = [x] if trajectory else None
+    for t in _steps(sch, stop, progress, "DDPM"):
+        x = rsa[t] * (x + beta[t] * score(x, sch.log_alphabar[t])) + sd[t] * _noise(x, generator)
+        _check_finite(x, t, "ddpm")
+        if trajectory:
+            traj.append(x)
+    return Samples(x, sch.T - stop, traj)
+
+
+def ddim(score, x, schedule, *, eta=0.0, generator=None, stop=0, trajectory=False, progress=False):
+    """DDIM (Song, Meng, Ermon 2021) with stochasticity ``eta`` (0: deterministic; 1: DDPM with beta-tilde):
+
+    ``x0 = (x + (1 - ab_t) s) / sqrt(ab_t)``, ``eps = -sqrt(1 - ab_t) s``,
+    ``x_{t-1} = sqrt(ab_{t-1}) x0 + sqrt(1 - ab_{t-1} - sigma^2) eps + sigma Z``,
+    ``sigma^2 = eta^2 beta_t (1 - ab_{t-1}) / (1 - ab_t)``.  Works on any (sub-sampled) schedule."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    sch = _setup(x, schedule, stop, generator)
+    lab, omab = sch.log_alphabar, sch.one_minus_alphabar
+    var = eta ** 2 * sch.beta_tilde
+    traj = [x] if trajectory else None
+    for t in _steps(sch, stop, progress, "DDIM"):
+        s = score(x, lab[t])
+        x0 = torch.exp(-0.5 * lab[t]) * (x + omab[t] * s)
+        eps = -omab[t].sqrt() * s
+        # sqrt(1 - ab_{t-1} - sigma^2) = sqrt((1 - ab_{t-1}) (1 - eta^2 beta_t / (1 - ab_t)))
+        c_eps = (omab[t - 1] * (1 - eta ** 2 * sch.beta[t] / omab[t])).clamp_min(0).sqrt()
+        x = torch.exp(0.5 * lab[t - 1]) * x0 + c_eps * eps
+        if eta > 0:
+            x = x + var[t].sqrt() * _noise(x, generator)
+        _check_finite(x, t, "ddim")
+        if trajectory:
+            traj.append(x)
+    return Samples(x, sch.T - stop, traj)
+
+
+def flow_ode(score, x, schedule, *, generator=None, stop=0, trajectory=False, progress=False):
+    """The deterministic (probability-flow ODE) sampler of 002, Theorem 1, eq. (1):
+
+    ``Y_{t-1} = (Y_t + (beta_t / 2) s_t(Y_t)) / sqrt(1 - beta_t)``."""
+    sch = _setup(x, schedule, stop)
+    rsa, beta = torch.exp(-0.5 * sch.log_alpha), sch.beta
+    traj = [x] if trajectory else None
+    for t in _steps(sch, stop, progress, "flow ODE"):
+        x = rsa[t] * (x + 0.5 * beta[t] * score(x, sch.log_alphabar[t]))
+        _check_finite(x, t, "flow_ode")
+        if trajectory:
+            traj.append(x)
+    return Samples(x, sch.T - stop, traj)
+
+
+def accel_ode(score, x, schedule, *, generator=None, stop=0, trajectory=False, progress=False):
+    """The accelerated deterministic sampler of 002, Theorem 2, eq. (2), exactly as written there:
+
+    ``Y_t^- = sqrt(alpha_{t+1}) (Y_t - (1 - alpha_{t+1})/2 s_t(Y_t))`` (an estimate of ``Y_{t+1}``),
+    ``Y_{t-1} = (Y_t + (1 - alpha_t)/2 s_t(Y_t)
+    + (1 - alpha_t)^2 / (4 (1 - alpha_{t+1})) (s_t(Y_t) - sqrt(alpha_{t+1}) s_{t+1}(Y_t^-))) / sqrt(alpha_t)``.
+
+    Two score evaluations per step; at ``t = T`` it reads ``alpha_{T+1}`` (the schedule's extra step)."""
+    sch = _setup(x, schedule, stop)
+    la, lab, beta = sch.log_alpha, sch.log_alphabar, sch.beta
+    traj = [x] if trajectory else None
+    for t in _steps(sch, stop, progress, "accelerated ODE"):
+        s = score(x, lab[t])
+        sa_next = torch.exp(0.5 * la[t + 1])
+        y_minus = sa_next * (x - 0.5 * beta[t + 1] * s)
+        s_next = score(y_minus, lab[t + 1])
+        momentum = beta[t] ** 2 / (4 * beta[t + 1]) * (s - sa_next * s_next)
+        x = torch.exp(-0.5 * la[t]) * (x + 0.5 * beta[t] * s + momentum)
+        _check_finite(x, t, "accel_ode")
+        if trajectory:
+            traj.append(x)
+    return Samples(x, 2 * (sch.T - stop), traj)
+
+
+def accel_sde(score, x, schedule, *, generator=None, stop=0, trajectory=False, progress=False):
+    """The accelerated stochastic sampler of 002, Theorem 3, eq. (3):
+
+    ``Y_t^+ = Y_t + sqrt((1 - alpha_t)/2) Z_t``,
+    ``Y_{t-1} = (Y_t^+ + (1 - alpha_t) s_t(Y_t^+) + sqrt((1 - alpha_t)/2) Z_t^+) / sqrt(alpha_t)``.
+
+    One score evaluation per step."""
+    sch = _setup(x, schedule, stop, generator)
+    rsa, beta = torch.exp(-0.5 * sch.log_alpha), sch.beta
+    half_sd = (0.5 * beta).sqrt()
+    traj = [x] if trajectory else None
+    for t in _steps(sch, stop, progress, "accelerated SDE"):
+        xp = x + half_sd[t] * _noise(x, generator)
+        x = rsa[t] * (xp + beta[t] * score(xp, sch.log_alphabar[t]) + half_sd[t] * _noise(x, generator))
+        _check_finite(x, t, "accel_sde")
+        if trajectory:
+            traj.append(x)
+    return Samples(x, sch.T - stop, traj)
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "flow_ode": flow_ode, "accel_ode": accel_ode, "accel_sde": accel_sde}

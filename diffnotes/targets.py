@@ -1,0 +1,377 @@
+"""Analytic targets: Gaussians and Gaussian mixtures, exact at every noise level.
+
+Every method takes the noise level ``lab = log alphabar_t`` (``lab = 0`` is the data, ``t = 0``).  The law of
+``x_t = sqrt(alphabar) x_0 + sqrt(1 - alphabar) eps`` for ``x_0 ~ N(m, Sigma)`` is
+``N(sqrt(alphabar) m, alphabar Sigma + (1 - alphabar) I)``.  Each component covariance is diagonalised once,
+``Sigma_k = U_k diag(lambda_k) U_k^T``, so that at every noise level the covariance is
+``U_k diag(v_k) U_k^T`` with ``v_k = alphabar lambda_k + (1 - alphabar)``: log-densities, scores, Jacobians and
+posteriors then cost ``O(K d^2)`` per point and no matrix is inverted or factorised per step.
+
+Shapes: points ``x`` are ``(n, d)``; weights ``(K,)``, means ``(K, d)``, covariances ``(K, d, d)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["GaussianMixture", "Gaussian", "DiagonalGaussian", "AffineScore", "noise_level"]
+
+LOG2PI = math.log(2 * math.pi)
+
+
+def noise_level(lab, like):
+    """``(sqrt(alphabar), 1 - alphabar)`` for ``lab = log alphabar``, computed stably, as 0-d tensors like ``like``."""
+    lab = torch.as_tensor(lab, dtype=like.dtype, device=like.device)
+    if lab.ndim != 0 or not torch.isfinite(lab) or lab > 0:
+        raise ValueError(f"lab (log alphabar) must be a finite scalar <= 0, got {lab}")
+    return torch.exp(0.5 * lab), -torch.expm1(lab)
+
+
+def _check_points(x, d, name="x"):
+    if not torch.is_tensor(x) or x.ndim != 2 or x.shape[1] != d:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{name} must be a tensor of shape (n, {d}), got {shape}")
+
+
+class AffineScore:
+    """A score that is affine in ``x`` at every noise level: ``s(x, lab) = A(lab) x + b(lab)``.
+
+    ``coeffs(lab)`` returns ``(A, b)`` with ``A`` either a ``(d, d)`` matrix or a ``(d,)`` diagonal.  The exact
+    laws of :mod:`diffnotes.laws` need this form; samplers just call it like any score."""
+
+    def __init__(self, coeffs):
+        self.coeffs = coeffs
+
+    def __call__(self, x, lab):
+        A, b = self.coeffs(lab)
+        return (x * A if A.ndim == 1 else x @ A.T) + b
+
+    def jacobian(self, x, lab):
+        A, _ = self.coeffs(lab)
+        A = torch.diag(A) if A.ndim == 1 else A
+        return A.expand(x.shape[0], *A.shape)
+
+    def __add__(self, other):
+        """Sum of two affine scores (e.g. an exact score plus a controlled perturbation)."""
+        def coeffs(lab):
+            (A1, b1), (A2, b2) = self.coeffs(lab), other.coeffs(lab)
+            if A1.ndim == 1 and A2.ndim == 1:
+                return A1 + A2, b1 + b2
+            A1 = torch.diag(A1) if A1.ndim == 1 else A1
+            A2 = torch.diag(A2) if A2.ndim == 1 else A2
+            return A1 + A2, b1 + b2
+        return AffineScore(coeffs)
+
+
+class GaussianMixture:
+    """``sum_k w_k N(m_k, Sigma_k)`` in ``R^d`` (float64), with everything exact at every noise level."""
+
+    def __init__(self, weights, means, covs):
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, d), got {tuple(means.shape)}")
+        K, d = means.shape
+        weights = torch.as_tensor(weights, dtype=torch.float64, device=means.device)
+        covs = torch.as_tensor(covs, dtype=torch.float64, device=means.device)
+        if weights.shape != (K,):
+            raise ValueError(f"weights must have shape ({K},), got {tuple(weights.shape)}")
+        if covs.shape != (K, d, d):
+            raise ValueError(f"covs must have shape ({K}, {d}, {d}), got {tuple(covs.shape)}")
+        if (weights < 0).any() or not torch.isclose(weights.sum(), weights.new_tensor(1.0), atol=1e-10):
+            raise ValueError("weights must be non-negative and sum to 1")
+        if not torch.allclose(covs, covs.transpose(1, 2), atol=1e-10, rtol=1e-8):
+            raise ValueError("covs must be symmetric")
+        self.weights, self.means, self.covs = weights, means, 0.5 * (covs + covs.transpose(1, 2))
+        self.K, self.d = K, d
+        lam, U = torch.linalg.eigh(self.covs)
+        if (lam < -1e-10 * lam.abs().max().clamp_min(1)).any():
+            raise ValueError("covs must be positive semi-definite")
+        self.lam, self.U = lam.clamp_min(0.0), U
+        self.log_weights = torch.log(weights)
+
+    # ---- construction helpers --------------------------------------------------------------------------------
+    @property
+    def device(self):
+        return self.means.device
+
+    def to(self, device):
+        return type(self)._rebuild(self, self.weights.to(device), self.means.to(device), self.covs.to(device))
+
+    @staticmethod
+    def _rebuild(obj, w, m, c):
+        return GaussianMixture(w, m, c)
+
+    # ---- the law of x_t ----------------------------------------------------------------------------------------
+    def _v(self, lab):
+        """Eigenvalues ``v_k = alphabar lambda_k + 1 - alphabar`` of the component covariances of ``x_t``."""
+        sab, omab = noise_level(lab, self.means)
+        return sab, sab ** 2 * self.lam + omab
+
+    def _z(self, x, lab):
+        """Coordinates of ``x - sqrt(alphabar) m_k`` in the eigenbasis of component k: ``(n, K, d)``."""
+        _check_points(x, self.d)
+        sab, v = self._v(lab)
+        z = torch.einsum("nd,kde->nke", x, self.U) - torch.einsum("kd,kde->ke", sab * self.means, self.U)
+        return z, v
+
+    def component_log_prob(self, x, lab=0.0):
+        """``log w_k + log N(x; sqrt(ab) m_k, ab Sigma_k + (1 - ab) I)``: ``(n, K)``."""
+        z, v = self._z(x, lab)
+        quad = (z ** 2 / v).sum(-1)
+        logdet = torch.log(v).sum(-1)
+        return self.log_weights - 0.5 * (quad + logdet + self.d * LOG2PI)
+
+    def log_prob(self, x, lab=0.0):
+        return torch.logsumexp(self.component_log_prob(x, lab), dim=-1)
+
+    def responsibilities(self, x, lab=0.0):
+        """Posterior component probabilities ``P(k | x_t = x)``: ``(n, K)``."""
+        return torch.softmax(self.component_log_prob(x, lab), dim=-1)
+
+    def _component_scores(self, x, lab):
+        z, v = self._z(x, lab)
+        g = -torch.einsum("kde,nke->nkd", self.U, z / v)       # -C_k^{-1} (x - mu_k)
+        r = torch.softmax(self.log_weights - 0.5 * ((z ** 2 / v).sum(-1) + torch.log(v).sum(-1)), dim=-1)
+        return r, g, v
+
+    def score(self, x, lab=0.0):
+        """``grad_x log q_t(x)``: ``(n, d)``."""
+        r, g, _ = self._component_scores(x, lab)
+        return torch.einsum("nk,nkd->nd", r, g)
+
+    def score_jacobian(self, x, lab=0.0):
+        """Hessian of ``log q_t`` at ``x``: ``(n, d, d)`` (symmetric).
+
+        ``sum_k r_k (-C_k^{-1}) + sum_k r_k g_k g_k^T - s s^T`` with ``g_k`` the component scores."""
+        r, g, v = self._component_scores(x, lab)
+        prec = torch.einsum("kde,ke,kfe->kdf", self.U, 1.0 / v, self.U)
+        s = torch.einsum("nk,nkd->nd", r, g)
+        H = -torch.einsum("nk,kdf->ndf", r, prec) + torch.einsum("nk,nkd,nkf->ndf", r, g, g)
+        return H - s[:, :, None] * s[:, None, :]
+
+    def sample(self, n, lab=0.0, *, generator=None, return_components=False):
+        """``n`` draws of ``x_t`` (of ``x_0`` for ``lab = 0``)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        sab, v = self._v(lab)
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator) if n else \
+            torch.zeros(0, dtype=torch.long, device=self.device)
+        eps = torch.randn(n, self.d, dtype=torch.float64, device=self.device, generator=generator)
+        x = sab * self.means[k] + torch.einsum("nde,ne->nd", self.U[k], v[k].sqrt() * eps) if n else eps
+        return (x, k) if return_components else x
+
+    # ---- posteriors and kernels ---------------------------------------------------------------------------------
+    def reverse_kernel(self, x, lab_t, lab_s):
+        """The true reverse kernel ``q(x_s | x_t = x)`` for ``lab_s >= lab_t`` (s earlier than t), a Gaussian
+        mixture for each point: returns ``(weights (n, K), means (n, K, d), covs (K, d, d))``.
+
+        Per component, with ``a = sqrt(ab_t / ab_s)``, ``r = 1 - ab_t / ab_s`` and eigenvalues
+        ``v_s, v_t = a^2 v_s + r``: mean ``mu_s + U (a v_s / v_t) U^T (x - mu_t)``, covariance
+        ``U diag(v_s r / v_t) U^T``.  ``lab_s = 0`` gives the posterior of ``x_0``."""
+        lab_t = torch.as_tensor(lab_t, dtype=torch.float64)
+        lab_s = torch.as_tensor(lab_s, dtype=torch.float64)
+        if not lab_s >= lab_t:
+            raise ValueError(f"lab_s = {float(lab_s)} must be >= lab_t = {float(lab_t)} (s earlier than t)")
+        z, v_t = self._z(x, lab_t)
+        sab_s, v_s = self._v(lab_s)
+        a = torch.exp(0.5 * (lab_t - lab_s))
+        r = -torch.expm1(lab_t - lab_s)
+        w = torch.softmax(self.log_weights - 0.5 * ((z ** 2 / v_t).sum(-1) + torch.log(v_t).sum(-1)), dim=-1)
+        means = sab_s * self.means + torch.einsum("kde,nke->nkd", self.U, a * v_s / v_t * z)
+        covs = torch.einsum("kde,ke,kfe->kdf", self.U, v_s * r / v_t, self.U)
+        return w, means, covs
+
+    def posterior_x0_mixture(self, x, lab):
+        """The exact posterior ``q(x_0 | x_t = x)`` as a mixture per point (see :meth:`reverse_kernel`)."""
+        return self.reverse_kernel(x, lab, 0.0)
+
+    def posterior_x0(self, x, lab):
+        """Mean ``(n, d)`` and covariance ``(n, d, d)`` of ``q(x_0 | x_t = x)`` (law of total covariance)."""
+        return mixture_moments(*self.posterior_x0_mixture(x, lab))
+
+    def sample_reverse_kernel(self, x, lab_t, lab_s, *, generator=None):
+        """One draw of ``x_s ~ q(x_s | x_t = x)`` per row of ``x``."""
+        return sample_mixture_rows(*self.reverse_kernel(x, lab_t, lab_s), generator=generator)
+
+    def condition(self, idx_y, y):
+        """For ``Z = [X, Y]`` with ``Y = Z[idx_y]`` observed equal to ``y`` (a ``(p,)`` vector): the exact law of
+        ``X = Z[idx_x]`` given ``Y = y`` (a Gaussian mixture in the remaining coordinates, in their order)."""
+        idx_y = torch.as_tensor(idx_y, dtype=torch.long, device=self.device).reshape(-1)
+        mask = torch.ones(self.d, dtype=torch.bool, device=self.device)
+        mask[idx_y] = False
+        idx_x = torch.arange(self.d, device=self.device)[mask]
+        y = torch.as_tensor(y, dtype=torch.float64, device=self.device).reshape(-1)
+        if y.numel() != idx_y.numel():
+            raise ValueError(f"y must have {idx_y.numel()} entries (one per index in idx_y), got {y.numel()}")
+        Sxx = self.covs[:, idx_x][:, :, idx_x]
+        Sxy = self.covs[:, idx_x][:, :, idx_y]
+        Syy = self.covs[:, idx_y][:, :, idx_y]
+        return _gaussian_condition(self, Sxx, Sxy, Syy, self.means[:, idx_x], self.means[:, idx_y], y)
+
+    def linear_posterior(self, H, y, sigma_y):
+        """Exact law of ``x_0`` given ``y = H x_0 + n``, ``n ~ N(0, sigma_y^2 I_p)``: a Gaussian mixture.
+
+        Per component: ``S_k = H Sigma_k H^T + sigma_y^2 I``, mean ``m_k + Sigma_k H^T S_k^{-1} (y - H m_k)``,
+        covariance ``Sigma_k - Sigma_k H^T S_k^{-1} H Sigma_k``, weight ``~ w_k N(y; H m_k, S_k)``."""
+        H = torch.as_tensor(H, dtype=torch.float64, device=self.device)
+        if H.ndim != 2 or H.shape[1] != self.d:
+            raise ValueError(f"H must have shape (p, {self.d}), got {tuple(H.shape)}")
+        y = torch.as_tensor(y, dtype=torch.float64, device=self.device).reshape(-1)
+        if y.numel() != H.shape[0]:
+            raise ValueError(f"y must have {H.shape[0]} entries (rows of H), got {y.numel()}")
+        if not sigma_y >= 0:
+            raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
+        Sxy = self.covs @ H.T                                  # Cov(x0, y | k)
+        Syy = H @ self.covs @ H.T + sigma_y ** 2 * torch.eye(H.shape[0], dtype=torch.float64, device=self.device)
+        return _gaussian_condition(self, self.covs, Sxy, Syy, self.means, self.means @ H.T, y)
+
+    def mean(self):
+        return self.weights @ self.means
+
+    def covariance(self):
+        m = self.mean()
+        dm = self.means - m
+        return torch.einsum("k,kde->de", self.weights, self.covs) + torch.einsum("k,kd,ke->de", self.weights, dm, dm)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(K={self.K}, d={self.d})"
+
+
+def _gaussian_condition(mix, Sxx, Sxy, Syy, mx, my, y):
+    """Condition each component's joint Gaussian of (X, Y) on Y = y; reweight components by N(y; my_k, Syy_k)."""
+    L = torch.linalg.cholesky(Syy)
+    r = (y - my)[..., None]
+    alpha = torch.cholesky_solve(r, L)                         # Syy^{-1} (y - my)
+    means = mx + (Sxy @ alpha)[..., 0]
+    covs = Sxx - Sxy @ torch.cholesky_solve(Sxy.transpose(1, 2), L)
+    half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    loglik = -0.5 * (r * alpha).sum((-1, -2)) - half_logdet - 0.5 * y.numel() * LOG2PI
+    w = torch.softmax(mix.log_weights + loglik, dim=0)
+    return GaussianMixture(w, means, 0.5 * (covs + covs.transpose(1, 2)))
+
+
+def mixture_moments(w, means, covs):
+    """Mean ``(n, d)`` and covariance ``(n, d, d)`` of per-row mixtures ``(w (n,K), means (n,K,d), covs (K,d,d))``."""
+    mean = torch.einsum("nk,nkd->nd", w, means)
+    dm = means - mean[:, None, :]
+    cov = torch.einsum("nk,kde->nde", w, covs) + torch.einsum("nk,nkd,nke->nde", w, dm, dm)
+    return mean, cov
+
+
+def sample_mixture_rows(w, means, covs, *, generator=None):
+    """One draw per row from per-row mixtures ``(w (n,K), means (n,K,d), covs (K,d,d))``: ``(n, d)``."""
+    n, K, d = means.shape
+    k = torch.multinomial(w, 1, generator=generator)[:, 0]
+    lam, U = torch.linalg.eigh(covs)
+    root = U * lam.clamp_min(0).sqrt()[:, None, :]              # (K, d, d), root root^T = cov
+    eps = torch.randn(n, d, dtype=means.dtype, device=means.device, generator=generator)
+    return means[torch.arange(n, device=means.device), k] + torch.einsum("nde,ne->nd", root[k], eps)
+
+
+class Gaussian(GaussianMixture):
+    """``N(mean, cov)``: a one-component mixture with its exact score as an :class:`AffineScore`."""
+
+    def __init__(self, mean, cov):
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        if mean.ndim != 1:
+            raise ValueError(f"mean must be a (d,) vector, got shape {tuple(mean.shape)}")
+        cov = torch.as_tensor(cov, dtype=torch.float64, device=mean.device)
+        super().__init__(torch.ones(1, dtype=torch.float64, device=mean.device), mean[None], cov[None])
+
+    @staticmethod
+    def _rebuild(obj, w, m, c):
+        return Gaussian(m[0], c[0])
+
+    @property
+    def loc(self):
+        return self.means[0]
+
+    @property
+    def cov(self):
+        return self.covs[0]
+
+    def marginal(self, lab):
+        """The law of ``x_t`` at noise level ``lab`` (a :class:`Gaussian`)."""
+        sab, v = self._v(lab)
+        return Gaussian(sab * self.loc, (self.U[0] * v[0]) @ self.U[0].T)
+
+    def affine_score(self):
+        """The exact score ``-C^{-1} (x - sqrt(ab) m)`` as an :class:`AffineScore` (full ``(d, d)`` matrices)."""
+        def coeffs(lab):
+            sab, v = self._v(lab)
+            P = (self.U[0] / v[0]) @ self.U[0].T
+            return -P, P @ (sab * self.loc)
+        return AffineScore(coeffs)
+
+    def eigenbasis(self):
+        """``(DiagonalGaussian(U^T m, lambda), U)``: the same law in the eigenbasis of ``cov``.  Exact scores act
+        coordinate-wise there, so laws and KLs can be computed in ``O(d)`` per step (KL is rotation invariant)."""
+        return DiagonalGaussian(self.U[0].T @ self.loc, self.lam[0]), self.U[0]
+
+
+class DiagonalGaussian:
+    """``N(mean, diag(var))``: the fast path for large ``d`` (everything elementwise)."""
+
+    def __init__(self, mean, var):
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        var = torch.as_tensor(var, dtype=torch.float64, device=mean.device)
+        if mean.ndim != 1 or var.shape != mean.shape:
+            raise ValueError(f"mean and var must be (d,) vectors of equal shape, got {tuple(mean.shape)} and "
+                             f"{tuple(var.shape)}")
+        if (var < 0).any():
+            raise ValueError("var must be non-negative")
+        self.loc, self.var, self.d = mean, var, mean.numel()
+
+    @property
+    def device(self):
+        return self.loc.device
+
+    def to(self, device):
+        return DiagonalGaussian(self.loc.to(device), self.var.to(device))
+
+    @property
+    def cov(self):
+        return torch.diag(self.var)
+
+    def _v(self, lab):
+        sab, omab = noise_level(lab, self.loc)
+        return sab, sab ** 2 * self.var + omab
+
+    def marginal(self, lab):
+        sab, v = self._v(lab)
+        return DiagonalGaussian(sab * self.loc, v)
+
+    def log_prob(self, x, lab=0.0):
+        _check_points(x, self.d)
+        sab, v = self._v(lab)
+        return -0.5 * (((x - sab * self.loc) ** 2 / v).sum(-1) + torch.log(v).sum() + self.d * LOG2PI)
+
+    def score(self, x, lab=0.0):
+        _check_points(x, self.d)
+        sab, v = self._v(lab)
+        return -(x - sab * self.loc) / v
+
+    def score_jacobian(self, x, lab=0.0):
+        _, v = self._v(lab)
+        return torch.diag(-1.0 / v).expand(x.shape[0], self.d, self.d)
+
+    def affine_score(self):
+        def coeffs(lab):
+            sab, v = self._v(lab)
+            return -1.0 / v, sab * self.loc / v
+        return AffineScore(coeffs)
+
+    def posterior_x0(self, x, lab):
+        """Mean ``(n, d)`` and (shared) diagonal variance ``(d,)`` of ``q(x_0 | x_t = x)``."""
+        sab, v = self._v(lab)
+        mean = self.loc + self.var * sab * (x - sab * self.loc) / v
+        return mean, self.var * (1 - sab ** 2) / v
+
+    def sample(self, n, lab=0.0, *, generator=None):
+        sab, v = self._v(lab)
+        eps = torch.randn(n, self.d, dtype=torch.float64, device=self.device, generator=generator)
+        return sab * self.loc + v.sqrt() * eps
+
+    def __repr__(self):
+        return f"DiagonalGaussian(d={self.d})"
