@@ -89,6 +89,9 @@ class GaussianMixture:
             raise ValueError("covs must be positive semi-definite")
         self.lam, self.U = lam.clamp_min(0.0), U
         self.log_weights = torch.log(weights)
+        # (d, K d) stack of the eigenbases and the means in them: one matrix product per batch of points
+        self._Ucat = U.permute(1, 0, 2).reshape(d, K * d)
+        self._mU = torch.einsum("kd,kde->ke", means, U)
 
     # ---- construction helpers --------------------------------------------------------------------------------
     @property
@@ -112,7 +115,7 @@ class GaussianMixture:
         """Coordinates of ``x - sqrt(alphabar) m_k`` in the eigenbasis of component k: ``(n, K, d)``."""
         _check_points(x, self.d)
         sab, v = self._v(lab)
-        z = torch.einsum("nd,kde->nke", x, self.U) - torch.einsum("kd,kde->ke", sab * self.means, self.U)
+        z = (x @ self._Ucat).view(x.shape[0], self.K, self.d) - sab * self._mU
         return z, v
 
     def component_log_prob(self, x, lab=0.0):
@@ -136,9 +139,11 @@ class GaussianMixture:
         return r, g, v
 
     def score(self, x, lab=0.0):
-        """``grad_x log q_t(x)``: ``(n, d)``."""
-        r, g, _ = self._component_scores(x, lab)
-        return torch.einsum("nk,nkd->nd", r, g)
+        """``grad_x log q_t(x) = -sum_k r_k(x) U_k diag(1 / v_k) U_k^T (x - mu_k)``: ``(n, d)``."""
+        z, v = self._z(x, lab)
+        zv = z / v
+        r = torch.softmax(self.log_weights - 0.5 * ((z * zv).sum(-1) + torch.log(v).sum(-1)), dim=-1)
+        return -((r[:, :, None] * zv).reshape(x.shape[0], -1) @ self._Ucat.T)
 
     def score_jacobian(self, x, lab=0.0):
         """Hessian of ``log q_t`` at ``x``: ``(n, d, d)`` (symmetric).

@@ -1,0 +1,68 @@
+# diffnotes: build the book and run the tests.  On a fresh machine: `make book`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Environment of every notebook run (nbval, papermill, jupyter-book). Matplotlib stays headless: Agg for the
+# unit tests; in a kernel the inline backend (Agg-based), since MPLBACKEND=Agg would override ipykernel's
+# inline default and no figure would reach a notebook or the book.
+export MPLBACKEND      := module://matplotlib_inline.backend_inline
+export PYTHONHASHSEED  := 0
+export OMP_NUM_THREADS := 2
+# The venv's own "python3" kernelspec comes first, so every notebook runs in the venv.
+export JUPYTER_PATH    := $(CURDIR)/$(VENV)/share/jupyter
+export PATH            := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: venv book test serve clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# torch first, pinned: here a local CPU wheel; a plain `torch` would pull a multi-GB CUDA build.
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[book,test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3"
+	touch $@
+
+book: $(STAMP)
+	@# jupyter-cache keys on the notebook's code only: drop it whenever the package changes.
+	@mkdir -p _build
+	@hash=$$(find diffnotes -name '*.py' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); \
+	if [ "$$hash" != "$$(cat _build/.pkg-hash 2>/dev/null)" ]; then \
+		echo "diffnotes/ changed: clearing _build/.jupyter_cache"; \
+		rm -rf _build/.jupyter_cache _build/results; \
+		echo "$$hash" > _build/.pkg-hash; \
+	fi
+	@# --all: re-read every page (notebooks still come from the cache), else Sphinx skips an unchanged .md
+	@# whose execution failed last time, or whose cache entry was just cleared, and publishes stale output.
+	@# Pass 1 executes the notebooks (their verdict cells write _build/results/*.json); the results page is then
+	@# generated from those records and pass 2 rebuilds the HTML from the cache (seconds).
+	$(BIN)/python scripts/results_page.py
+	$(BIN)/jupyter-book build . --all -W -n --keep-going
+	$(BIN)/python scripts/results_page.py
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "HTML: _build/html/index.html"
+
+test: $(STAMP)
+	@echo "== 1/5 unit tests"
+	MPLBACKEND=Agg $(BIN)/python -m pytest tests -q -p no:cacheprovider
+	@echo "== 2/5 sync: .md sources round-trip through jupytext; no tracked .ipynb"
+	$(BIN)/python scripts/check_sync.py
+	@echo "== 3/5 nbval: every notebook at smoke size, each in a fresh kernel"
+	$(BIN)/python scripts/prepare_notebooks.py --size smoke --out _build/nbval
+	DIFFNOTES_RESULTS=$(CURDIR)/_build/results-smoke $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider _build/nbval
+	@echo "== 4/5 papermill rerun of 01_pipeline with another seed"
+	@mkdir -p _build/papermill
+	$(BIN)/jupytext --to ipynb -o _build/papermill/01_pipeline.ipynb notebooks/01_pipeline.md
+	DIFFNOTES_RESULTS=$(CURDIR)/_build/results-smoke $(BIN)/papermill _build/papermill/01_pipeline.ipynb _build/papermill/01_pipeline.out.ipynb \
+		-k python3 --cwd notebooks -f notebooks/params/01_pipeline.smoke.yml -p seed 1
+	@echo "== 5/5 book build (every notebook at CI size, through jupyter-cache)"
+	$(MAKE) book
+
+serve:
+	$(PYTHON) -m http.server -d _build/html 8000
+
+clean:
+	rm -rf _build
