@@ -14,7 +14,7 @@ export OMP_NUM_THREADS := 2
 export JUPYTER_PATH    := $(CURDIR)/$(VENV)/share/jupyter
 export PATH            := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv book test serve clean
+.PHONY: venv book test browser-deps serve clean
 
 venv: $(STAMP)
 
@@ -46,20 +46,31 @@ book: $(STAMP)
 	@echo "HTML: _build/html/index.html"
 
 test: $(STAMP)
-	@echo "== 1/5 unit tests"
+	@echo "== 1/6 unit tests"
 	MPLBACKEND=Agg $(BIN)/python -m pytest tests -q -p no:cacheprovider
-	@echo "== 2/5 sync: .md sources round-trip through jupytext; no tracked .ipynb"
+	@echo "== 2/6 sync: .md sources round-trip through jupytext; no tracked .ipynb"
 	$(BIN)/python scripts/check_sync.py
-	@echo "== 3/5 nbval: every notebook at smoke size, each in a fresh kernel"
+	@echo "== 3/6 nbval: every notebook at smoke size, each in a fresh kernel"
 	$(BIN)/python scripts/prepare_notebooks.py --size smoke --out _build/nbval
 	DIFFNOTES_RESULTS=$(CURDIR)/_build/results-smoke $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider _build/nbval
-	@echo "== 4/5 papermill rerun of 01_pipeline with another seed"
+	@echo "== 4/6 papermill rerun of 01_pipeline with another seed"
 	@mkdir -p _build/papermill
 	$(BIN)/jupytext --to ipynb -o _build/papermill/01_pipeline.ipynb notebooks/01_pipeline.md
 	DIFFNOTES_RESULTS=$(CURDIR)/_build/results-smoke $(BIN)/papermill _build/papermill/01_pipeline.ipynb _build/papermill/01_pipeline.out.ipynb \
 		-k python3 --cwd notebooks -f notebooks/params/01_pipeline.smoke.yml -p seed 1
-	@echo "== 5/5 book build (every notebook at CI size, through jupyter-cache)"
+	@echo "== 5/6 book build (every notebook at CI size, through jupyter-cache)"
 	$(MAKE) book
+	@echo "== 6/6 browser check: every page of the book in headless Chromium (MathJax, images, links, tracebacks)"
+	$(MAKE) browser-deps
+	$(BIN)/python scripts/browser_check.py
+
+# What scripts/browser_check.py needs: Debian's chromium (never Playwright's own browser download), the
+# playwright package, and MathJax 3 from the npm registry (cached in _build/.browser-cache; the CDN is unreachable).
+browser-deps: $(STAMP)
+	@test -x /usr/bin/chromium || { echo "installing Debian chromium"; \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) sh -c 'apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium'; }
+	@$(BIN)/python -c 'import playwright' 2>/dev/null || $(BIN)/pip install playwright
+	@$(BIN)/python scripts/browser_check.py --deps-only
 
 serve:
 	$(PYTHON) -m http.server -d _build/html 8000

@@ -92,7 +92,7 @@ def train_dsm(net, sample_x0, schedule, *, steps=2000, batch=512, lr=2e-3, gener
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
     return losses
 
 
