@@ -8,13 +8,18 @@ score identity of document 003 with the weight ``sigma_t^2``.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from .schedules import VPSchedule
 
-__all__ = ["EpsMLP", "NetScore", "train_dsm", "dsm_loss", "save", "load"]
+__all__ = ["EpsMLP", "NetScore", "train_dsm", "dsm_loss", "save", "load", "WEIGHTS_DIR"]
+
+#: where the repository keeps trained weights (with the script that made them, e.g. ``scripts/train_003.py``);
+#: found from the package, so a notebook finds them whatever its working directory.
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "data" / "weights"
 
 
 class EpsMLP(nn.Module):

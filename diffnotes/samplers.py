@@ -188,3 +188,35 @@ def accel_sde(score, x, schedule, *, generator=None, stop=0, trajectory=False, p
 
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "flow_ode": flow_ode, "accel_ode": accel_ode, "accel_sde": accel_sde}
+
+
+def multistep_ode(score, x, schedule, *, alpha_factor=True, generator=None, stop=0, trajectory=False,
+                  progress=False):
+    """The multistep reading of 002's "Scheme 2" display (one score evaluation per step): the score at the
+    previous iterate ``Y_{t+1}`` replaces the extra evaluation at the midpoint ``Y_t^-`` of Theorem 2's eq. (2),
+
+    ``Y_{t-1} = (Y_t + (1 - alpha_t)/2 s_t(Y_t) + (1 - alpha_t)^2 / (4 (1 - alpha_{t+1})) (s_t(Y_t) - f s_{t+1}(Y_{t+1})))
+    / sqrt(alpha_t)``,
+
+    with ``f = sqrt(alpha_{t+1})`` ("Ours" display, ``alpha_factor=True``) or ``f = 1`` (the "Scheme 2" display as
+    printed, ``alpha_factor=False``).  The first step (no ``Y_{t+1}`` yet) is the flow-ODE step."""
+    sch = _setup(x, schedule, stop)
+    la, lab, beta = sch.log_alpha, sch.log_alphabar, sch.beta
+    traj = [x] if trajectory else None
+    s_prev = None
+    for t in _steps(sch, stop, progress, "multistep ODE"):
+        s = score(x, lab[t])
+        if s_prev is None:
+            corr = torch.zeros_like(s)
+        else:
+            f = torch.exp(0.5 * la[t + 1]) if alpha_factor else 1.0
+            corr = beta[t] ** 2 / (4 * beta[t + 1]) * (s - f * s_prev)
+        x = torch.exp(-0.5 * la[t]) * (x + 0.5 * beta[t] * s + corr)
+        s_prev = s
+        _check_finite(x, t, "multistep_ode")
+        if trajectory:
+            traj.append(x)
+    return Samples(x, sch.T - stop, traj)
+
+
+__all__.append("multistep_ode")

@@ -1,0 +1,272 @@
+"""Score-mismatched DDPM and zero-shot conditional samplers (document 000: Liang, Ju, Liang, Shroff, ICLR 2025).
+
+The sampler of 000 is DDPM with mean ``(x + (1 - alpha_t) g_t(x)) / sqrt(alpha_t)`` and noise variance
+``(1 - alpha_t) / alpha_t``, i.e. :func:`diffnotes.samplers.ddpm` with ``variance="beta_over_alpha"`` and the
+score ``g``.  For ``y = H x0 + n``, ``n ~ N(0, sigma_y^2 I)``, a zero-shot sampler uses
+
+    g_{t,y}(x) = (I - P) grad log q_t(x) + f_{t,y}(x),    P = H^+ H,   (I - P) f = 0,
+
+with DDNM's ``f = (sqrt(ab_t) H^+ y - P x) / (1 - ab_t)`` and BO-DDNM's
+``f* = Sigma_t^{-1} (sqrt(ab_t) H^+ y - P x)``, ``Sigma_t = ab_t sigma_y^2 H^+ H^+T + (1 - ab_t) I``.  Both are
+affine in ``x`` (:class:`~diffnotes.targets.AffineScore`), so with a Gaussian prior the sampler's output law is
+exactly Gaussian (:func:`exact_law`).
+
+Mismatch (000, slide "General Mismatch"): ``Delta_t = sqrt(alpha_t)/(1 - alpha_t) (E_target - E_sampler)[X_{t-1}
+| x_t] = grad log qtilde_t(x_t) - g_t(x_t)`` exactly (Tweedie for one step).  The chain rule of KL gives the
+bias term ``W_bias(T) = sum_t (1 - alpha_t) / 2 E_{Qtilde_t} ||Delta_t||^2`` (:func:`bias_terms_gaussian`,
+:func:`bias_terms_mc`): a weighted sum of Fisher divergences.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import laws, metrics, samplers as S
+from .schedules import from_betas
+from .targets import AffineScore, DiagonalGaussian, Gaussian, GaussianMixture, noise_level
+
+__all__ = ["paper_schedule", "projectors", "ddnm_correction", "bo_correction", "null_projected",
+           "zero_shot_score", "sample", "exact_law", "bias_terms_gaussian", "bias_terms_mc",
+           "row_space_target", "last_kernel_logdensity", "kl_to_sampler_mc", "moment_kl", "random_mixture", "VARIANCE"]
+
+VARIANCE = "beta_over_alpha"          # 000's reverse-process variance (1 - alpha_t) / alpha_t
+
+
+# ---- schedule and set-up of the paper's experiments ------------------------------------------------------------
+def paper_schedule(T, c1=4.0, beta1=1e-3):
+    """The schedule of 000's experiments (their code): ``beta_1 = beta1`` and, for ``t >= 2`` (and ``T + 1``),
+    ``beta_t = (c1 log T / T) min{beta1 (1 + c1 log T / T)^t, 1}``."""
+    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
+        raise ValueError(f"T must be an integer >= 2, got {T!r}")
+    if not (c1 > 0 and 0 < beta1 < 1):
+        raise ValueError(f"c1 must be > 0 and beta1 in (0, 1), got c1={c1}, beta1={beta1}")
+    h = c1 * math.log(T) / T
+    if not h < 1:
+        raise ValueError(f"T = {T} too small for c1 = {c1} (c1 log T / T = {h:.3g} >= 1)")
+    t = torch.arange(1, T + 2, dtype=torch.float64)
+    b = h * torch.exp((math.log(beta1) + t * math.log1p(h)).clamp(max=0.0))
+    b[0] = beta1
+    return from_betas(b[:T], beta_next=b[T], name=f"paper(T={T}, c1={c1}, beta1={beta1})")
+
+
+def random_mixture(d, K, generator, *, shared_cov=True, ridge=0.0):
+    """000's synthetic prior: means uniform in ``[-1, 1]^d``, covariance ``A A^T / d + ridge I`` with ``A``
+    uniform in ``[0, 2]^{d x d}`` (one shared matrix, as in their code, where ``ridge = 0``), equal weights.
+    ``A A^T / d`` can have an eigenvalue below the last step's noise variance ``beta_1 / alpha_1``; ``ridge``
+    keeps the prior away from that regime."""
+    means = 2 * torch.rand(K, d, dtype=torch.float64, generator=generator) - 1
+    nA = 1 if shared_cov else K
+    A = 2 * torch.rand(nA, d, d, dtype=torch.float64, generator=generator)
+    covs = (A @ A.transpose(1, 2) / d + ridge * torch.eye(d, dtype=torch.float64)).expand(K, d, d)
+    return GaussianMixture(torch.full((K,), 1.0 / K, dtype=torch.float64), means, covs)
+
+
+# ---- zero-shot corrections ---------------------------------------------------------------------------------------
+def _check_Hy(H, y):
+    H = torch.as_tensor(H, dtype=torch.float64)
+    if H.ndim != 2:
+        raise ValueError(f"H must be a (p, d) matrix, got shape {tuple(H.shape)}")
+    y = torch.as_tensor(y, dtype=torch.float64, device=H.device).reshape(-1)
+    if y.numel() != H.shape[0]:
+        raise ValueError(f"y must have {H.shape[0]} entries (rows of H), got {y.numel()}")
+    return H, y
+
+
+def projectors(H):
+    """``(H^+, P = H^+ H)``: the pseudo-inverse ``(d, p)`` and the orthogonal projector on the row space of H."""
+    Hp = torch.linalg.pinv(H)
+    P = Hp @ H
+    return Hp, 0.5 * (P + P.T)
+
+
+def ddnm_correction(H, y):
+    """DDNM's range-space correction ``f(x) = (sqrt(ab) H^+ y - P x) / (1 - ab)`` as an :class:`AffineScore`.
+
+    It is the score implied by DDNM's replacement ``x0_hat <- H^+ y + (I - P) x0_hat`` of the Tweedie estimate
+    ``x0_hat = (x + (1 - ab) s) / sqrt(ab)``: ``g = (sqrt(ab) x0_hat - x) / (1 - ab) = (I - P) s + f``."""
+    H, y = _check_Hy(H, y)
+    Hp, P = projectors(H)
+    Hy = Hp @ y
+
+    def coeffs(lab):
+        sab, omab = noise_level(lab, Hy)
+        return -P / omab, sab * Hy / omab
+    return AffineScore(coeffs)
+
+
+def bo_correction(H, y, sigma_y):
+    """BO-DDNM's ``f*(x) = Sigma_t^{-1} (sqrt(ab) H^+ y - P x)``, ``Sigma_t = ab sigma_y^2 H^+ H^+T + (1 - ab) I``
+    (000, Theorem 3), as an :class:`AffineScore`.  Equals :func:`ddnm_correction` at ``sigma_y = 0``."""
+    H, y = _check_Hy(H, y)
+    if not (isinstance(sigma_y, (int, float)) and sigma_y >= 0):
+        raise ValueError(f"sigma_y must be a number >= 0, got {sigma_y!r}")
+    Hp, P = projectors(H)
+    Hy, HHt = Hp @ y, Hp @ Hp.T
+    eye = torch.eye(H.shape[1], dtype=torch.float64, device=H.device)
+
+    def coeffs(lab):
+        sab, omab = noise_level(lab, Hy)
+        Si = torch.linalg.inv(sab ** 2 * sigma_y ** 2 * HHt + omab * eye)
+        Si = 0.5 * (Si + Si.T)
+        return -Si @ P, sab * (Si @ Hy)
+    return AffineScore(coeffs)
+
+
+def null_projected(score, H):
+    """``(I - P) score``: an :class:`AffineScore` when ``score`` is one, else a callable."""
+    _, P = projectors(torch.as_tensor(H, dtype=torch.float64))
+    Q = torch.eye(P.shape[0], dtype=P.dtype, device=P.device) - P
+    if isinstance(score, AffineScore):
+        def coeffs(lab):
+            A, b = score.coeffs(lab)
+            A = torch.diag(A) if A.ndim == 1 else A
+            return Q @ A, Q @ b
+        return AffineScore(coeffs)
+    return lambda x, lab: score(x, lab) @ Q
+
+
+def zero_shot_score(prior_score, H, y, sigma_y=0.0, method="ddnm"):
+    """``g_{t,y} = (I - P) prior_score + f`` with ``f`` of ``method`` ``"ddnm"`` or ``"bo"`` (BO-DDNM).
+
+    An :class:`AffineScore` when ``prior_score`` is affine (exact laws then apply), else a plain callable."""
+    if method == "ddnm":
+        f = ddnm_correction(H, y)
+    elif method == "bo":
+        f = bo_correction(H, y, sigma_y)
+    else:
+        raise ValueError(f"method must be 'ddnm' or 'bo', got {method!r}")
+    null = null_projected(prior_score, H)
+    if isinstance(null, AffineScore):
+        return null + f
+    return lambda x, lab: null(x, lab) + f(x, lab)
+
+
+# ---- running the sampler and its exact law ------------------------------------------------------------------------
+def sample(score, n, d, schedule, *, generator=None, device="cpu", stop=0, progress=False):
+    """``n`` runs of 000's sampler (DDPM, variance ``(1 - alpha)/alpha``) from ``N(0, I_d)``: a
+    :class:`~diffnotes.samplers.Samples` (``.x``, ``.nfe``)."""
+    x = torch.randn(n, d, dtype=torch.float64, device=device, generator=generator)
+    return S.ddpm(score, x, schedule, variance=VARIANCE, generator=generator, stop=stop, progress=progress)
+
+
+def exact_law(score, d, schedule, *, final_noise=True, diagonal=False):
+    """Exact Gaussian law of the output ``x_0`` of 000's sampler with an affine ``score``, started at
+    ``N(0, I_d)``.  ``final_noise=False`` drops the noise of the last step ``t = 1`` (the usual DDPM practice,
+    Ho et al. 2020: output the mean at ``t = 1``)."""
+    z = torch.zeros(d, dtype=torch.float64)
+    init = DiagonalGaussian(z, torch.ones(d, dtype=torch.float64)) if diagonal else \
+        Gaussian(z, torch.eye(d, dtype=torch.float64))
+    if final_noise:
+        return laws.law(S.ddpm, score, init, schedule, variance=VARIANCE)
+    L = laws.law(S.ddpm, score, init, schedule, stop=1, variance=VARIANCE)
+    M, c, _, _ = laws.step_maps(S.ddpm, score, schedule, 1, variance=VARIANCE)
+    if isinstance(L, DiagonalGaussian) and M.ndim == 1:
+        return DiagonalGaussian(M * L.loc + c, M * M * L.var)
+    M = torch.diag(M) if M.ndim == 1 else M
+    C = M @ L.cov @ M.T
+    return Gaussian(M @ L.loc + c, 0.5 * (C + C.T))
+
+
+# ---- the bias term of Theorem 1 ------------------------------------------------------------------------------------
+def _marginal_moments(target, lab):
+    m = target.marginal(lab)
+    return (m.loc, m.var) if isinstance(m, DiagonalGaussian) else (m.loc, m.cov)
+
+
+def bias_terms_gaussian(target, score, schedule):
+    """Per-step bias terms ``w_t = (1 - alpha_t)/2 E_{Qtilde_t} ||grad log qtilde_t - g_t||^2``, ``t = 1..T``,
+    in closed form for a Gaussian ``target`` and an affine ``score`` ``g``:
+    ``E ||D x + e||^2 = ||D m + e||^2 + tr(D C D^T)`` for ``x ~ N(m, C)``.  Returns a ``(T,)`` tensor."""
+    if not isinstance(score, AffineScore):
+        raise ValueError("score must be an AffineScore for the closed-form bias terms")
+    ts, out = target.affine_score(), []
+    for t in range(1, schedule.T + 1):
+        lab = schedule.log_alphabar[t]
+        (A1, b1), (A2, b2) = ts.coeffs(lab), score.coeffs(lab)
+        m, C = _marginal_moments(target, lab)
+        if A1.ndim == 1 and A2.ndim == 1 and C.ndim == 1:
+            D, e = A1 - A2, b1 - b2
+            val = ((D * m + e) ** 2).sum() + (D * D * C).sum()
+        else:
+            full = (lambda A: torch.diag(A) if A.ndim == 1 else A)
+            D, e, C = full(A1) - full(A2), b1 - b2, full(C)
+            val = ((D @ m + e) ** 2).sum() + torch.trace(D @ C @ D.T)
+        out.append(0.5 * schedule.beta[t] * val)
+    return torch.stack(out)
+
+
+def bias_terms_mc(target, score, schedule, n, *, generator=None):
+    """Per-step bias terms by Monte Carlo, ``n`` exact draws of ``Qtilde_t`` per step (independent across
+    steps), for any target with ``sample`` and ``score`` (e.g. a mixture) and any ``score`` callable.
+    Returns ``(terms (T,), variances (T,))``: the standard error of the sum is ``sqrt(variances.sum())``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    terms, var = [], []
+    for t in range(1, schedule.T + 1):
+        lab = schedule.log_alphabar[t]
+        x = target.sample(n, lab, generator=generator)
+        r = 0.5 * schedule.beta[t] * ((target.score(x, lab) - score(x, lab)) ** 2).sum(-1)
+        terms.append(r.mean())
+        var.append(r.var() / n)
+    return torch.stack(terms), torch.stack(var)
+
+
+# ---- Theorem 3: the model in which f* is the row-space score ------------------------------------------------------
+def row_space_target(prior, H, y, sigma_y):
+    """The law of ``x0 = (I - P) u + H^+ (y - n)`` with ``u ~ prior`` and ``n ~ N(0, sigma_y^2 I)`` independent:
+    the row-space part of ``x0`` is read off the measurement alone ("flat" row-space prior).  A mixture with
+    means ``(I - P) m_k + H^+ y`` and covariances ``(I - P) Sigma_k (I - P) + sigma_y^2 H^+ H^+T``.  At every
+    noise level its score has row-space part exactly ``f*`` (000, Theorem 3 in the sense that holds)."""
+    H, y = _check_Hy(H, y)
+    Hp, P = projectors(H)
+    Q = torch.eye(P.shape[0], dtype=P.dtype) - P
+    means = prior.means @ Q + Hp @ y
+    covs = Q @ prior.covs @ Q + sigma_y ** 2 * (Hp @ Hp.T)
+    return GaussianMixture(prior.weights, means, 0.5 * (covs + covs.transpose(1, 2)))
+
+
+# ---- KL(target || sampler) on a mixture: exact last kernel, Monte Carlo over x_1 ---------------------------------
+def last_kernel_logdensity(x, mean1, var1, *, chunk=256):
+    """``log (1/M) sum_j N(x; mean1_j, var1 I)``: an estimate of the sampler's density at ``x`` from ``M`` draws of
+    ``x_1`` (``mean1_j`` = the sampler's last-step mean at ``x_1^j``; the last kernel is exactly Gaussian)."""
+    M, d = mean1.shape
+    out = []
+    for i in range(0, x.shape[0], chunk):
+        d2 = torch.cdist(x[i:i + chunk], mean1) ** 2
+        out.append(torch.logsumexp(-0.5 * d2 / var1, dim=1))
+    return torch.cat(out) - math.log(M) - 0.5 * d * math.log(2 * math.pi * var1)
+
+
+def kl_to_sampler_mc(target, score, schedule, *, n_sampler, n_eval, generator=None):
+    """``KL(target || P_0)`` at ``t = 0`` for 000's sampler with any ``score``: ``E_target[log target - log p_0]``
+    with ``log p_0`` from :func:`last_kernel_logdensity` on ``n_sampler`` runs stopped at ``t = 1``.
+
+    Returns ``(kl, standard error over target draws, shift)`` where ``shift`` is the estimate with half the runs
+    minus the estimate with all of them: the log of a Monte Carlo mean is biased low (Jensen), so ``kl`` is
+    biased high, by about ``shift`` (the bias of a ratio estimator halves when M doubles)."""
+    d = target.d
+    x1 = sample(score, n_sampler, d, schedule, generator=generator, stop=1).x
+    beta1, alpha1, lab1 = schedule.beta[1], schedule.alpha[1], schedule.log_alphabar[1]
+    mean1 = (x1 + beta1 * score(x1, lab1)) / alpha1.sqrt()
+    xe = target.sample(n_eval, generator=generator)
+    lt = target.log_prob(xe)
+    r_all = lt - last_kernel_logdensity(xe, mean1, beta1 / alpha1)
+    r_half = lt - last_kernel_logdensity(xe, mean1[: n_sampler // 2], beta1 / alpha1)
+    return r_all.mean(), r_all.std() / math.sqrt(n_eval), r_half.mean() - r_all.mean()
+
+
+def moment_kl(target, x, *, n_batches=20):
+    """``KL(N(m, C) || N(m_hat, C_hat))`` with ``(m, C)`` the exact mean and covariance of ``target`` (a mixture)
+    and ``(m_hat, C_hat)`` the sample moments of the runs ``x``: a discrepancy with an exact reference that
+    needs no density of the sampler.  Returns ``(value, standard error)``, the error from ``n_batches``
+    independent batches of runs (batch estimates carry an ``O(d^2 / n)`` upward bias, so the error bar is
+    conservative for the pooled value)."""
+    if x.shape[0] < 10 * n_batches:
+        raise ValueError(f"x must hold at least {10 * n_batches} runs for {n_batches} batches, got {x.shape[0]}")
+    ref = Gaussian(target.mean(), target.covariance())
+
+    def kl(z):
+        return metrics.kl_gaussian(ref, Gaussian(z.mean(0), torch.cov(z.T)))
+    b = torch.stack([kl(z) for z in x.chunk(n_batches)])
+    return kl(x), b.std() / math.sqrt(n_batches)
