@@ -52,11 +52,15 @@ test: $(STAMP)
 	$(BIN)/python scripts/check_sync.py
 	@echo "== 3/6 nbval: every notebook at smoke size, each in a fresh kernel"
 	$(BIN)/python scripts/prepare_notebooks.py --size smoke --out _build/nbval
+	rm -rf _build/results-smoke
 	DIFFNOTES_RESULTS=$(CURDIR)/_build/results-smoke $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider _build/nbval
-	@echo "== 4/6 papermill rerun of 01_pipeline with another seed"
+	@echo "== 4/6 reproducibility: the smoke run again, identical verdict figures; papermill rerun with another seed"
+	rm -rf _build/results-smoke-2
+	DIFFNOTES_RESULTS=$(CURDIR)/_build/results-smoke-2 $(BIN)/python -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider _build/nbval
+	$(BIN)/python scripts/compare_results.py _build/results-smoke _build/results-smoke-2
 	@mkdir -p _build/papermill
 	$(BIN)/jupytext --to ipynb -o _build/papermill/01_pipeline.ipynb notebooks/01_pipeline.md
-	DIFFNOTES_RESULTS=$(CURDIR)/_build/results-smoke $(BIN)/papermill _build/papermill/01_pipeline.ipynb _build/papermill/01_pipeline.out.ipynb \
+	DIFFNOTES_RESULTS=$(CURDIR)/_build/results-seed1 $(BIN)/papermill _build/papermill/01_pipeline.ipynb _build/papermill/01_pipeline.out.ipynb \
 		-k python3 --cwd notebooks -f notebooks/params/01_pipeline.smoke.yml -p seed 1
 	@echo "== 5/6 book build (every notebook at CI size, through jupyter-cache)"
 	$(MAKE) book

@@ -1,0 +1,579 @@
+"""Conditional sampling (inpainting) with an unconditional diffusion model, document 001.
+
+``Z = [X, Y]`` with ``Y = Z[idx_y]`` observed; we want ``X_0 | Y_0 = y0`` from the joint model only.  The forward
+process is document 001's Ornstein-Uhlenbeck chain (``schedules.ou``): ``Z_t = e^{-eps} Z_{t-eps} +
+sqrt(1 - e^{-2 eps}) W``, i.e. a VP schedule with ``log alpha_i = -2 eps``; index ``i`` of the schedule is time
+``i eps`` and noise level ``lab_i = log alphabar_i``.
+
+Two backward kernels ``p(Z_s | Z_t)`` (``s = t - eps``):
+
+* ``kernel="em"``: the document's Euler-Maruyama kernel, corrected (errata):
+  ``N(Z_s; Z_t + eps (Z_t + 2 grad log p_t(Z_t)), 2 eps I)``.  It is *separable*: given ``Z_t``, ``X_s`` and
+  ``Y_s`` are independent, and it only needs a score (any callable ``score(z, lab)``).
+* ``kernel="true"``: the exact reverse kernel ``q(Z_s | Z_t)`` of a :class:`~diffnotes.targets.GaussianMixture`
+  (a mixture per point; no score or discretisation error: "the model is exact" literally).  It is *not*
+  separable (the component couples X and Y), so SMCDiff must propagate ``X`` from the closed-form conditional
+  ``q(X_s | X_t, Y_t, Y_s)``.
+
+Every sampler is batched over independent runs and particles: particles have shape ``(runs, n, dx)``; there is
+no Python loop over runs or particles (only over time steps and Langevin steps).  ``nfe`` counts evaluations of
+the score (or of the exact kernel, which plays its role) per particle.
+
+Samplers: :func:`replacement` (Algorithm 1, both context paths), :func:`langevin_replacement` (Algorithm 2,
+unadjusted or Metropolis-adjusted corrector), :func:`smcdiff` (Algorithm 3, with its likelihood estimate and
+ESS), :func:`tds` (twisted SMC, Wu et al. 2023) and :func:`reconstruction_guidance` (TDS's proposal without
+weights).  Resampling: :func:`resample_multinomial`, :func:`resample_systematic`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .schedules import VPSchedule
+from .targets import LOG2PI, GaussianMixture
+
+__all__ = ["Inpainting", "CondSamples", "context_path", "context_log_likelihood", "replacement",
+           "langevin_replacement", "smcdiff", "tds", "reconstruction_guidance", "resample_multinomial",
+           "resample_systematic", "RESAMPLERS", "ess", "noised", "marginal", "weighted_mean", "mode_weights",
+           "w1_1d", "tds_exact", "retain_one"]
+
+KERNELS = ("em", "true")
+CONTEXTS = ("forward", "fixed")
+
+
+# ---- the problem --------------------------------------------------------------------------------------------
+class Inpainting:
+    """``Z = [X, Y]`` distributed as ``mixture`` with ``Y = Z[idx_y]`` observed (``X`` is the rest, in order)."""
+
+    def __init__(self, mixture, idx_y):
+        if not isinstance(mixture, GaussianMixture):
+            raise ValueError("mixture must be a GaussianMixture")
+        iy = torch.as_tensor(idx_y, dtype=torch.long).reshape(-1).cpu()
+        d = mixture.d
+        if iy.numel() < 1 or iy.numel() >= d or len(set(iy.tolist())) != iy.numel() or \
+                (iy < 0).any() or (iy >= d).any():
+            raise ValueError(f"idx_y must list distinct coordinates in [0, {d}) and leave at least one free")
+        mask = torch.ones(d, dtype=torch.bool)
+        mask[iy] = False
+        self.mix, self.d = mixture, d
+        self.iy = iy.to(mixture.device)
+        self.ix = torch.arange(d)[mask].to(mixture.device)
+        self.dx, self.dy = self.ix.numel(), self.iy.numel()
+
+    @property
+    def device(self):
+        return self.mix.device
+
+    def join(self, x, y):
+        """``Z`` from ``x (..., dx)`` and ``y`` broadcastable to ``(..., dy)``."""
+        z = x.new_empty(*x.shape[:-1], self.d)
+        z[..., self.ix] = x
+        z[..., self.iy] = y.expand(*x.shape[:-1], self.dy)
+        return z
+
+    def exact(self, y0):
+        """The exact conditional law of ``X_0 | Y_0 = y0`` (a Gaussian mixture in ``dx`` dimensions)."""
+        return self.mix.condition(self.iy, y0)
+
+    def y0_vector(self, y0):
+        y0 = torch.as_tensor(y0, dtype=torch.float64, device=self.device).reshape(-1)
+        if y0.numel() != self.dy:
+            raise ValueError(f"y0 must have {self.dy} entries, got {y0.numel()}")
+        return y0
+
+
+@dataclass
+class CondSamples:
+    """Output of a conditional sampler.
+
+    x: ``(runs, n, dx)`` particles; log_w: ``(runs, n)`` normalised log weights (``None``: equal weights);
+    nfe: score (or exact-kernel) evaluations per particle; log_z: ``(runs,)`` log of the SMC normalising-constant
+    estimate (``None`` if not an SMC method); ess: ``(runs, steps)`` effective sample size before each
+    resampling, in the order of the steps taken (``t = T`` first); accept: mean Metropolis acceptance rate."""
+    x: torch.Tensor
+    nfe: int
+    log_w: torch.Tensor | None = None
+    log_z: torch.Tensor | None = None
+    ess: torch.Tensor | None = None
+    accept: float | None = None
+    context: torch.Tensor | None = None
+
+
+# ---- small helpers ------------------------------------------------------------------------------------------
+def _check_int(name, v, lo=1):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+def _check_common(problem, schedule, runs, n, kernel, score):
+    if not isinstance(problem, Inpainting):
+        raise ValueError("problem must be an Inpainting")
+    if not isinstance(schedule, VPSchedule):
+        raise ValueError("schedule must be a VPSchedule")
+    _check_int("runs", runs)
+    _check_int("n", n)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "em" and score is None:
+        raise ValueError("score is required with kernel='em'")
+    return schedule.to(problem.device)
+
+
+def _randn(shape, like, generator):
+    return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
+
+
+def _finite(x, name, t):
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(f"{name}: non-finite values at step t = {t}")
+
+
+def noised(mix, lab):
+    """The law of ``Z_t`` at noise level ``lab`` as a :class:`GaussianMixture`."""
+    lab = torch.as_tensor(lab, dtype=torch.float64)
+    ab = torch.exp(lab)
+    eye = torch.eye(mix.d, dtype=torch.float64, device=mix.device)
+    return GaussianMixture(mix.weights, torch.exp(0.5 * lab) * mix.means, ab * mix.covs - torch.expm1(lab) * eye)
+
+
+def marginal(mix, idx):
+    """The marginal mixture of the coordinates ``idx``."""
+    idx = torch.as_tensor(idx, dtype=torch.long, device=mix.device)
+    return GaussianMixture(mix.weights, mix.means[:, idx], mix.covs[:, idx][:, :, idx])
+
+
+def _condition_rows(logw, means, covs, ix, iy, y):
+    """Condition per-row mixtures ``(log w (m,K), means (m,K,d), covs (K,d,d))`` on ``Z[iy] = y (m,dy)``.
+
+    Returns ``(log p(y) (m,), log posterior weights (m,K), X means (m,K,dx), X covs (K,dx,dx))``."""
+    Sxx, Sxy, Syy = covs[:, ix][:, :, ix], covs[:, ix][:, :, iy], covs[:, iy][:, :, iy]
+    L = torch.linalg.cholesky(Syy)
+    P = torch.cholesky_inverse(L)                                   # Syy^{-1}  (K, dy, dy)
+    r = y[:, None, :] - means[:, :, iy]                               # (m, K, dy)
+    a = torch.einsum("kab,mkb->mka", P, r)
+    mx = means[:, :, ix] + torch.einsum("kab,mkb->mka", Sxy, a)
+    Cx = Sxx - Sxy @ P @ Sxy.transpose(1, 2)
+    half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    ll = logw - 0.5 * (r * a).sum(-1) - half_logdet - 0.5 * iy.numel() * LOG2PI
+    log_py = torch.logsumexp(ll, -1)
+    return log_py, ll - log_py[:, None], mx, 0.5 * (Cx + Cx.transpose(1, 2))
+
+
+def _sample_rows(logw, means, covs, generator):
+    """One draw per row of per-row mixtures ``(log w (m,K), means (m,K,d), covs (K,d,d))``."""
+    m, K, d = means.shape
+    k = torch.multinomial(torch.softmax(logw, -1), 1, replacement=True, generator=generator)[:, 0]
+    lam, U = torch.linalg.eigh(covs)
+    root = U * lam.clamp_min(0).sqrt()[:, None, :]
+    eps = _randn((m, d), means, generator)
+    return means[torch.arange(m, device=means.device), k] + torch.einsum("mde,me->md", root[k], eps)
+
+
+def _mix_logpdf(z, logw, means, covs):
+    """``log sum_k w_k N(z; means_k, covs_k)`` per row: z (m,d), log w (m,K), means (m,K,d), covs (K,d,d)."""
+    L = torch.linalg.cholesky(covs)
+    P = torch.cholesky_inverse(L)
+    r = z[:, None, :] - means
+    quad = torch.einsum("mka,kab,mkb->mk", r, P, r)
+    half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    return torch.logsumexp(logw - 0.5 * quad - half_logdet - 0.5 * z.shape[-1] * LOG2PI, -1)
+
+
+def _gauss_logpdf(x, mean, var):
+    """``log N(x; mean, var I)`` summed over the last axis (``var`` a scalar)."""
+    return -0.5 * (((x - mean) ** 2).sum(-1) / var + x.shape[-1] * (math.log(var) + LOG2PI))
+
+
+def _eps(schedule, i):
+    """Time step ``eps_i = -log(alpha_i) / 2`` of the OU chain at step ``i``."""
+    return float(-0.5 * schedule.log_alpha[i])
+
+
+# ---- context paths and their likelihood ----------------------------------------------------------------------
+def context_path(problem, y0, schedule, runs, *, kind="forward", generator=None):
+    """Context ``Y_0, ..., Y_T`` per run, shape ``(runs, T + 1, dy)`` (index = step): ``"fixed"`` (``Y_t = y0``)
+    or ``"forward"`` (the noising chain ``Y_i = sqrt(alpha_i) Y_{i-1} + sqrt(beta_i) W`` from ``Y_0 = y0``)."""
+    if kind not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {kind!r}")
+    _check_int("runs", runs)
+    y0 = problem.y0_vector(y0)
+    sch = schedule.to(problem.device)
+    if kind == "fixed":
+        return y0.expand(runs, sch.T + 1, problem.dy).clone()
+    noise = _randn((runs, sch.T, problem.dy), y0, generator) * sch.beta[1:sch.T + 1, None].sqrt()
+    ys = [y0.expand(runs, problem.dy)]
+    sa = torch.exp(0.5 * sch.log_alpha)
+    for i in range(1, sch.T + 1):
+        ys.append(sa[i] * ys[-1] + noise[:, i - 1])
+    return torch.stack(ys, 1)
+
+
+def context_log_likelihood(problem, path, schedule):
+    """Exact ``log q(Y_0, ..., Y_{T-1} | Y_T)`` of a context path ``(runs, T + 1, dy)`` under the true joint:
+    ``log q_0(Y_0) + sum_i log N(Y_i; sqrt(alpha_i) Y_{i-1}, beta_i) - log q_T(Y_T)`` (the forward chain of
+    ``Y`` is autonomous).  This is what SMCDiff's product of mean weights estimates (with the exact kernel and
+    ``X_T ~ q_T(X_T | Y_T)``)."""
+    sch = schedule.to(problem.device)
+    T = sch.T
+    sa, beta = torch.exp(0.5 * sch.log_alpha), sch.beta
+    trans = sum(_gauss_logpdf(path[:, i], sa[i] * path[:, i - 1], float(beta[i])) for i in range(1, T + 1))
+    q0 = marginal(problem.mix, problem.iy).log_prob(path[:, 0])
+    qT = marginal(noised(problem.mix, sch.lab(T)), problem.iy).log_prob(path[:, T])
+    return q0 + trans - qT
+
+
+def _init_x(problem, yT, labT, n, init, generator):
+    """``X_T`` for each run: ``"exact"`` draws from ``q_T(X_T | Y_T)``; ``"gaussian"`` from ``N(0, I)``."""
+    runs = yT.shape[0]
+    if init == "gaussian":
+        return _randn((runs, n, problem.dx), yT, generator)
+    if init != "exact":
+        raise ValueError(f"init must be 'exact' or 'gaussian', got {init!r}")
+    mT = noised(problem.mix, labT)
+    K = mT.K
+    _, lw, mx, Cx = _condition_rows(mT.log_weights.expand(runs, K), mT.means.expand(runs, K, problem.d),
+                                    mT.covs, problem.ix, problem.iy, yT)
+    rows = _sample_rows(lw.repeat_interleave(n, 0), mx.repeat_interleave(n, 0), Cx, generator)
+    return rows.reshape(runs, n, problem.dx)
+
+
+# ---- one backward step of X, given Z_t = (X_t, Y_t) ----------------------------------------------------------
+def _x_step(problem, kernel, score, schedule, i, x, y_t, y_s, condition):
+    """Parameters of ``p(X_s | X_t, Y_t [, Y_s])`` (s = step i - 1) for particles ``x (R,N,dx)`` and contexts
+    ``y_t, y_s (R,dy)``, and the log-weights ``log p(Y_s | X_t, Y_t)`` ``(R,N)``.
+
+    Returns ``(log_w, params)``; ``params`` is a tuple of ``(R,N,...)`` tensors plus a sampler for them."""
+    R, N, dx = x.shape
+    z = problem.join(x, y_t[:, None, :]).reshape(R * N, problem.d)
+    if kernel == "em":
+        e = _eps(schedule, i)
+        mean = (z + e * (z + 2 * score(z, schedule.lab(i)))).reshape(R, N, problem.d)
+        log_w = _gauss_logpdf(y_s[:, None, :], mean[..., problem.iy], 2 * e)
+        return log_w, ((mean[..., problem.ix],), _EmSampler(2 * e))
+    w, means, covs = problem.mix.reverse_kernel(z, schedule.lab(i), schedule.lab(i - 1))
+    logw = torch.log(w)
+    if condition:
+        ys = y_s[:, None, :].expand(R, N, problem.dy).reshape(R * N, problem.dy)
+        log_w, lw, mx, Cx = _condition_rows(logw, means, covs, problem.ix, problem.iy, ys)
+        log_w = log_w.reshape(R, N)
+    else:
+        log_w, lw = None, logw
+        mx, Cx = means[:, :, problem.ix], covs[:, problem.ix][:, :, problem.ix]
+    K = lw.shape[-1]
+    return log_w, ((lw.reshape(R, N, K), mx.reshape(R, N, K, dx)), _MixSampler(Cx))
+
+
+class _EmSampler:
+    def __init__(self, var):
+        self.var = var
+
+    def __call__(self, params, generator):
+        (mean,) = params
+        return mean + math.sqrt(self.var) * _randn(mean.shape, mean, generator)
+
+
+class _MixSampler:
+    def __init__(self, covs):
+        self.covs = covs
+
+    def __call__(self, params, generator):
+        lw, mx = params
+        R, N, K, dx = mx.shape
+        return _sample_rows(lw.reshape(R * N, K), mx.reshape(R * N, K, dx), self.covs, generator).reshape(R, N, dx)
+
+
+def _gather(params, idx):
+    """Select particles ``idx (R,N)`` in every ``(R,N,...)`` tensor of ``params``."""
+    out = []
+    for p in params:
+        ix = idx.reshape(*idx.shape, *([1] * (p.ndim - 2))).expand(*idx.shape, *p.shape[2:])
+        out.append(torch.gather(p, 1, ix))
+    return tuple(out)
+
+
+# ---- resampling ----------------------------------------------------------------------------------------------
+def _check_logw(log_w):
+    if not torch.is_tensor(log_w) or log_w.ndim != 2:
+        raise ValueError("log_w must be a (runs, n) tensor")
+    if torch.isnan(log_w).any() or (log_w == float("inf")).any() or \
+            (log_w == float("-inf")).all(-1).any():
+        raise ValueError("log_w must be finite or -inf, with at least one finite entry per run")
+
+
+def resample_multinomial(log_w, generator=None):
+    """Ancestor indices ``(runs, n)``: ``n`` i.i.d. draws from the normalised weights of each run."""
+    _check_logw(log_w)
+    return torch.multinomial(torch.softmax(log_w, -1), log_w.shape[1], replacement=True, generator=generator)
+
+
+def resample_systematic(log_w, generator=None):
+    """Systematic resampling: one uniform ``U`` per run, points ``(U + j) / n``, inverted through the CDF.
+
+    Unbiased (each ancestor ``k`` appears ``n W_k`` times in expectation) with lower variance."""
+    _check_logw(log_w)
+    R, N = log_w.shape
+    W = torch.softmax(log_w, -1)
+    cdf = torch.cumsum(W, -1)
+    cdf = cdf / cdf[:, -1:]
+    u = (torch.rand(R, 1, dtype=W.dtype, device=W.device, generator=generator)
+         + torch.arange(N, dtype=W.dtype, device=W.device)) / N
+    return torch.searchsorted(cdf, u).clamp_max(N - 1)
+
+
+RESAMPLERS = {"multinomial": resample_multinomial, "systematic": resample_systematic}
+
+
+def ess(log_w):
+    """Effective sample size ``1 / sum W_k^2`` per run of normalised weights ``W = softmax(log_w)``."""
+    W = torch.softmax(log_w, -1)
+    return 1.0 / (W ** 2).sum(-1)
+
+
+# ---- Algorithm 1 and 2: replacement, with an optional Langevin corrector --------------------------------------
+def replacement(problem, y0, schedule, *, runs, n, kernel="true", score=None, context="forward", init="exact",
+                generator=None, progress=False):
+    """Algorithm 1 of 001 (replacement): draw a context path, ``X_T ~ q_T(X_T | Y_T)`` (or ``N(0, I)``), then
+    ``X_s ~ p(X_s | X_t, Y_t)`` for ``t = T, ..., 1`` (for the true kernel: the X-marginal of ``q(Z_s | Z_t)``,
+    which does not look at ``Y_s``).  ``runs * n`` independent chains; returns ``X_0`` as ``(runs, n, dx)``."""
+    return langevin_replacement(problem, y0, schedule, runs=runs, n=n, kernel=kernel, score=score,
+                                context=context, init=init, langevin_steps=0, generator=generator,
+                                progress=progress)
+
+
+def langevin_replacement(problem, y0, schedule, *, runs, n, kernel="true", score=None, context="forward",
+                         init="exact", langevin_steps=1, step=0.02, corrector="ula", log_prob=None,
+                         generator=None, progress=False):
+    """Algorithm 2 of 001: the replacement method followed, at every ``s = t - eps`` (``s = 0`` included), by
+    ``L = langevin_steps`` Langevin steps on ``X`` targeting ``p_s(X | Y_s)`` with the *joint* score:
+    ``X <- X + step grad_X log p_s(X, Y_s) + sqrt(2 step) W``.
+
+    ``corrector="ula"`` (unadjusted: a bias ``O(step)`` at any ``L``) or ``"mala"`` (Metropolis-adjusted with
+    ``log_prob(z, lab)`` of the joint: exact invariant law).  The Langevin score is ``score`` (the exact mixture
+    score by default)."""
+    sch = _check_common(problem, schedule, runs, n, kernel, score)
+    _check_int("langevin_steps", langevin_steps, lo=0)
+    if corrector not in ("ula", "mala"):
+        raise ValueError(f"corrector must be 'ula' or 'mala', got {corrector!r}")
+    if langevin_steps and not step > 0:
+        raise ValueError(f"step must be positive, got {step}")
+    if corrector == "mala" and langevin_steps and log_prob is None:
+        raise ValueError("corrector='mala' needs log_prob(z, lab) of the joint")
+    lscore = score if score is not None else problem.mix.score
+    path = context_path(problem, y0, sch, runs, kind=context, generator=generator)
+    x = _init_x(problem, path[:, sch.T], sch.lab(sch.T), n, init, generator)
+    acc, n_acc = 0.0, 0
+    for i in _steps(sch, progress, "replacement"):
+        _, (params, sampler) = _x_step(problem, kernel, score, sch, i, x, path[:, i], path[:, i - 1], False)
+        x = sampler(params, generator)
+        if langevin_steps:
+            x, a = _langevin(problem, x, path[:, i - 1], sch.lab(i - 1), lscore, langevin_steps, step, corrector,
+                             log_prob, generator)
+            acc, n_acc = acc + a, n_acc + 1
+        _finite(x, "replacement", i)
+    nfe = sch.T * (1 + langevin_steps)
+    return CondSamples(x, nfe, accept=(acc / n_acc if corrector == "mala" and n_acc else None), context=path)
+
+
+def _langevin(problem, x, y, lab, score, L, step, corrector, log_prob, generator):
+    R, N, dx = x.shape
+    yy = y[:, None, :]
+
+    def grad_and_lp(x):
+        z = problem.join(x, yy).reshape(R * N, problem.d)
+        g = score(z, lab)[:, problem.ix].reshape(R, N, dx)
+        lp = log_prob(z, lab).reshape(R, N) if corrector == "mala" else None
+        return g, lp
+
+    g, lp = grad_and_lp(x)
+    acc = 0.0
+    for _ in range(L):
+        prop = x + step * g + math.sqrt(2 * step) * _randn(x.shape, x, generator)
+        if corrector == "ula":
+            x = prop
+            g, _ = grad_and_lp(x)
+            continue
+        g2, lp2 = grad_and_lp(prop)
+        log_fwd = -((prop - x - step * g) ** 2).sum(-1) / (4 * step)
+        log_bwd = -((x - prop - step * g2) ** 2).sum(-1) / (4 * step)
+        log_a = lp2 - lp + log_bwd - log_fwd
+        u = torch.rand(R, N, dtype=x.dtype, device=x.device, generator=generator)
+        ok = torch.log(u) < log_a
+        x = torch.where(ok[..., None], prop, x)
+        g = torch.where(ok[..., None], g2, g)
+        lp = torch.where(ok, lp2, lp)
+        acc += float(ok.double().mean())
+    return x, acc / max(L, 1)
+
+
+def _steps(sch, progress, desc):
+    ts = range(sch.T, 0, -1)
+    if progress:
+        from tqdm.auto import tqdm
+        return tqdm(ts, desc=desc, leave=False)
+    return ts
+
+
+# ---- Algorithm 3: SMCDiff (bootstrap particle filter) --------------------------------------------------------
+def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, context="forward", init="exact",
+            resampling="systematic", generator=None, progress=False):
+    """Algorithm 3 of 001 (Trippe et al. 2023): for ``t = T, ..., 1``: weight ``w_k = p(Y_s | X_t^k, Y_t)``,
+    normalise, resample, propagate ``X_s^k ~ p(X_s | X_t^k, Y_t[, Y_s])`` (with the true kernel, conditioned
+    on ``Y_s``: the kernel is not separable).  Returns the ``n`` equally weighted particles of each run, the
+    ESS before each resampling, and ``log_z = sum_t log mean_k w_k``, an estimate (unbiased for ``exp``) of
+    ``p(Y_{0:T-1} | Y_T)`` under the model (see :func:`context_log_likelihood`)."""
+    sch = _check_common(problem, schedule, runs, n, kernel, score)
+    if resampling not in RESAMPLERS:
+        raise ValueError(f"resampling must be one of {tuple(RESAMPLERS)}, got {resampling!r}")
+    path = context_path(problem, y0, sch, runs, kind=context, generator=generator)
+    x = _init_x(problem, path[:, sch.T], sch.lab(sch.T), n, init, generator)
+    log_z = x.new_zeros(runs)
+    ess_t = []
+    for i in _steps(sch, progress, "SMCDiff"):
+        log_w, (params, sampler) = _x_step(problem, kernel, score, sch, i, x, path[:, i], path[:, i - 1], True)
+        log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
+        ess_t.append(ess(log_w))
+        idx = RESAMPLERS[resampling](log_w, generator)
+        x = sampler(_gather(params, idx), generator)
+        _finite(x, "smcdiff", i)
+    return CondSamples(x, sch.T, log_z=log_z, ess=torch.stack(ess_t, 1), context=path)
+
+
+# ---- beyond the document: TDS and reconstruction guidance ---------------------------------------------------------
+def _twist(problem, z, lab, y, sigma_y, inflate):
+    """Twisting function ``log p~_t(y | z) = log N(y; xhat0(z)_Y, (sigma_y^2 + inflate (1 - ab_t)) I)`` and its
+    gradient in ``z``, with Tweedie's ``xhat0 = (z + (1 - ab) s) / sqrt(ab)`` and
+    ``d xhat0 / dz = (I + (1 - ab) grad s) / sqrt(ab)`` (exact score and Jacobian of the mixture)."""
+    lab = torch.as_tensor(lab, dtype=torch.float64)
+    sab, omab = torch.exp(0.5 * lab), -torch.expm1(lab)
+    s = problem.mix.score(z, lab)
+    Hs = problem.mix.score_jacobian(z, lab)
+    xhat = (z + omab * s) / sab
+    J = (torch.eye(problem.d, dtype=z.dtype, device=z.device) + omab * Hs) / sab
+    var = sigma_y ** 2 + inflate * float(omab)
+    r = y - xhat[:, problem.iy]
+    logp = _gauss_logpdf(y.expand_as(r), xhat[:, problem.iy], var)
+    grad = torch.einsum("myd,my->md", J[:, problem.iy, :], r) / var
+    return logp, grad
+
+
+def _tds_check(problem, y, sigma_y, inflate):
+    if not sigma_y > 0:
+        raise ValueError(f"sigma_y must be positive, got {sigma_y}")
+    if not inflate >= 0:
+        raise ValueError(f"inflate must be >= 0, got {inflate}")
+    return problem.y0_vector(y)
+
+
+def _twisted_step(problem, sch, i, z, y, sigma_y, inflate, generator, weights):
+    """One twisted move ``Z_s ~ sum_k w_k N(m_k + C_k g, C_k)`` from the exact kernel's components shifted by
+    ``C_k g``, ``g = grad log p~_t(y | Z_t)``; with ``weights``, also the TDS incremental log-weight
+    ``log [q(Z_s | Z_t) p~_s(y | Z_s) / (proposal(Z_s) p~_t(y | Z_t))]``."""
+    lp_t, g = _twist(problem, z, sch.lab(i), y, sigma_y, inflate)
+    w, means, covs = problem.mix.reverse_kernel(z, sch.lab(i), sch.lab(i - 1))
+    logw = torch.log(w)
+    shifted = means + torch.einsum("kde,me->mkd", covs, g)
+    z_new = _sample_rows(logw, shifted, covs, generator)
+    if not weights:
+        return z_new, None
+    lp_s, _ = _twist(problem, z_new, sch.lab(i - 1), y, sigma_y, inflate)
+    inc = _mix_logpdf(z_new, logw, means, covs) + lp_s - _mix_logpdf(z_new, logw, shifted, covs) - lp_t
+    return z_new, inc
+
+
+def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="systematic", generator=None,
+        progress=False):
+    """Twisted diffusion sampler (Wu et al. 2023) for ``y = Z_0[idx_y] + sigma_y W`` on the exact model (the
+    mixture's true reverse kernel).  ``Z_T ~ q_T`` with weight ``p~_T(y | Z_T)``; each step resamples, moves with
+    the twisted proposal and reweights (:func:`_twisted_step`).  At ``t = 0`` the twist is ``p(y | Z_0)``
+    exactly, so the weighted particles target ``q(Z_0 | y)`` (see :func:`tds_exact`) and ``exp(log_z)`` is an
+    unbiased estimate of ``p(y)``.  Returns ``X_0`` with its normalised weights; ``nfe`` counts 2 per step
+    (score and its Jacobian; the kernel is exact)."""
+    sch = _check_common(problem, schedule, runs, n, "true", None)
+    y = _tds_check(problem, y, sigma_y, inflate)
+    if resampling not in RESAMPLERS:
+        raise ValueError(f"resampling must be one of {tuple(RESAMPLERS)}, got {resampling!r}")
+    z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator)
+    log_w, _ = _twist(problem, z, sch.lab(sch.T), y, sigma_y, inflate)
+    log_w = log_w.reshape(runs, n)
+    log_z = z.new_zeros(runs)
+    ess_t = []
+    for i in _steps(sch, progress, "TDS"):
+        log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
+        ess_t.append(ess(log_w))
+        idx = RESAMPLERS[resampling](log_w, generator)
+        (z,) = _gather((z.reshape(runs, n, problem.d),), idx)
+        z, inc = _twisted_step(problem, sch, i, z.reshape(runs * n, problem.d), y, sigma_y, inflate, generator,
+                               True)
+        log_w = inc.reshape(runs, n)
+        _finite(z, "tds", i)
+    log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
+    x = z.reshape(runs, n, problem.d)[..., problem.ix]
+    return CondSamples(x, 2 * sch.T, log_w=torch.log_softmax(log_w, -1), log_z=log_z, ess=torch.stack(ess_t, 1))
+
+
+def reconstruction_guidance(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, generator=None,
+                            progress=False):
+    """Reconstruction guidance: TDS's twisted proposal with no weights and no resampling (``runs * n`` independent
+    chains).  A heuristic: the score of ``p~_t(y | Z_t)`` is not that of ``q_t(y | Z_t)``, so its output law is
+    not ``q(Z_0 | y)`` whatever ``n``."""
+    sch = _check_common(problem, schedule, runs, n, "true", None)
+    y = _tds_check(problem, y, sigma_y, inflate)
+    z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator)
+    for i in _steps(sch, progress, "guidance"):
+        z, _ = _twisted_step(problem, sch, i, z, y, sigma_y, inflate, generator, False)
+        _finite(z, "guidance", i)
+    return CondSamples(z.reshape(runs, n, problem.d)[..., problem.ix], 2 * sch.T)
+
+
+def tds_exact(problem, y, sigma_y):
+    """Exact law of ``X_0`` given ``y = Y_0 + sigma_y W`` (a mixture in ``dx`` dimensions) and ``log p(y)``."""
+    y = _tds_check(problem, y, sigma_y, 0.0)
+    H = torch.eye(problem.d, dtype=torch.float64, device=problem.device)[problem.iy]
+    post = problem.mix.linear_posterior(H, y, sigma_y)
+    my = marginal(problem.mix, problem.iy)
+    eye = torch.eye(problem.dy, dtype=torch.float64, device=problem.device)
+    log_py = GaussianMixture(my.weights, my.means, my.covs + sigma_y ** 2 * eye).log_prob(y[None])[0]
+    return marginal(post, problem.ix), log_py
+
+
+# ---- estimators and distances ----------------------------------------------------------------------------------
+def weighted_mean(samples, f=None):
+    """Per-run estimator ``sum_k W_k f(X^k)`` (``f`` defaults to the identity): ``(runs, ...)``."""
+    fx = samples.x if f is None else f(samples.x)
+    if samples.log_w is None:
+        return fx.mean(1)
+    W = torch.exp(samples.log_w)
+    return torch.einsum("rn,rn...->r...", W, fx)
+
+
+def retain_one(samples, generator=None):
+    """Step 4 of Algorithm 3: one particle per run, drawn with its weight (uniformly for equal weights): ``(runs,
+    dx)``.  A fixed index is not a valid choice: systematic resampling orders particles by ancestor, so e.g.
+    particle 0 is not distributed as the filter's marginal."""
+    R, N, dx = samples.x.shape
+    log_w = samples.log_w if samples.log_w is not None else samples.x.new_zeros(R, N)
+    k = torch.multinomial(torch.softmax(log_w, -1), 1, generator=generator)[:, 0]
+    return samples.x[torch.arange(R, device=k.device), k]
+
+
+def mode_weights(x, cond):
+    """Estimated mode weights: the mean responsibility under the exact conditional mixture ``cond`` of the pooled
+    samples ``x (..., dx)``; exact value ``cond.weights``."""
+    return cond.responsibilities(x.reshape(-1, cond.d)).mean(0)
+
+
+def w1_1d(x, cond, *, grid_size=4001):
+    """Wasserstein-1 distance between the empirical law of the pooled 1-D samples ``x`` and the 1-D mixture
+    ``cond``: ``int |F_n - F|`` on a fine grid covering both."""
+    if cond.d != 1:
+        raise ValueError("w1_1d needs a one-dimensional conditional")
+    s = torch.sort(x.reshape(-1))[0]
+    sd = cond.covs[:, 0, 0].sqrt()
+    lo = min(float(s[0]), float((cond.means[:, 0] - 8 * sd).min()))
+    hi = max(float(s[-1]), float((cond.means[:, 0] + 8 * sd).max()))
+    g = torch.linspace(lo, hi, grid_size, dtype=torch.float64, device=s.device)
+    Fn = torch.searchsorted(s, g, right=True).double() / s.numel()
+    F = (cond.weights * torch.special.ndtr((g[:, None] - cond.means[:, 0]) / sd)).sum(-1)
+    return float(torch.trapezoid((Fn - F).abs(), g))

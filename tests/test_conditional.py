@@ -1,0 +1,129 @@
+"""Tests of diffnotes.conditional against closed forms and Monte Carlo with error bars."""
+import math
+
+import pytest
+import torch
+
+from diffnotes import conditional as C
+from diffnotes import schedules, targets
+
+
+def _mix():
+    w = [0.6, 0.3, 0.1]
+    m = [[-2.5, 0.8], [0.0, 0.0], [2.5, -0.6]]
+    covs = [[[0.3, 0.1], [0.1, 0.25]], [[0.3, -0.1], [-0.1, 0.25]], [[0.3, 0.0], [0.0, 0.2]]]
+    return targets.GaussianMixture(w, m, covs)
+
+
+@pytest.mark.parametrize("name", ["multinomial", "systematic"])
+def test_resampling_unbiased(name):
+    g = torch.Generator().manual_seed(0)
+    logw = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]], dtype=torch.float64)).expand(20000, 4)
+    idx = C.RESAMPLERS[name](logw, g)
+    counts = torch.nn.functional.one_hot(idx, 4).sum(1).double()      # (runs, 4)
+    mean, se = counts.mean(0), counts.std(0) / math.sqrt(counts.shape[0]) + 1e-3
+    assert ((mean - 4 * torch.tensor([0.05, 0.5, 0.15, 0.3])).abs() < 5 * se).all()
+    if name == "systematic":      # counts are floor or ceil of n W_k
+        assert ((counts - 4 * torch.tensor([0.05, 0.5, 0.15, 0.3])).abs() < 1 + 1e-12).all()
+
+
+def test_resampling_rejects_bad_weights():
+    with pytest.raises(ValueError):
+        C.resample_systematic(torch.full((2, 3), float("nan")))
+
+
+def test_condition_rows_matches_mixture_condition():
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    y = torch.tensor([[-0.3]], dtype=torch.float64)
+    log_py, lw, mx, Cx = C._condition_rows(mix.log_weights[None], mix.means[None], mix.covs, P.ix, P.iy, y)
+    ref = P.exact(-0.3)
+    assert torch.allclose(torch.exp(lw[0]), ref.weights, atol=1e-12)
+    assert torch.allclose(mx[0], ref.means, atol=1e-12)
+    assert torch.allclose(Cx, ref.covs, atol=1e-12)
+    assert torch.allclose(log_py, C.marginal(mix, [1]).log_prob(y), atol=1e-12)
+
+
+def test_em_kernel_weight_is_gaussian_density():
+    """The SMCDiff weight with the corrected EM kernel is N(Y_s; [Z + e (Z + 2 s)]_Y, 2 e)."""
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.1, 4.0)
+    x = torch.randn(2, 3, 1, dtype=torch.float64)
+    yt, ys = torch.tensor([[0.2], [0.1]]).double(), torch.tensor([[0.0], [0.3]]).double()
+    log_w, _ = C._x_step(P, "em", mix.score, sch, 5, x, yt, ys, True)
+    z = P.join(x, yt[:, None, :]).reshape(6, 2)
+    mean = z + 0.1 * (z + 2 * mix.score(z, sch.lab(5)))
+    ref = torch.distributions.Normal(mean[:, 1], math.sqrt(0.2)).log_prob(ys.repeat_interleave(3, 0)[:, 0])
+    assert torch.allclose(log_w.reshape(-1), ref, atol=1e-12)
+
+
+def test_smcdiff_likelihood_unbiased_and_exact_kernel_consistent():
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.25, 4.0)
+    g = torch.Generator().manual_seed(3)
+    out = C.smcdiff(P, -0.3, sch, runs=2000, n=32, generator=g)
+    exact = C.context_log_likelihood(P, out.context, sch)
+    ratio = torch.exp(out.log_z - exact)
+    assert abs(float(ratio.mean()) - 1) < 4 * float(ratio.std()) / math.sqrt(2000)
+    est = C.weighted_mean(out)[:, 0]
+    err = est - P.exact(-0.3).mean()[0]
+    assert abs(float(err.mean())) < 4 * float(err.std()) / math.sqrt(2000) + 0.02
+
+
+def test_replacement_is_biased():
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.1, 4.0)
+    out = C.replacement(P, -0.3, sch, runs=5000, n=1, generator=torch.Generator().manual_seed(0))
+    assert out.x.shape == (5000, 1, 1) and out.nfe == sch.T
+    wts = C.mode_weights(out.x, P.exact(-0.3))
+    assert abs(float(wts[1]) - float(P.exact(-0.3).weights[1])) > 0.1
+
+
+def test_mala_targets_conditional_at_t0():
+    """Unimodal target (fast mixing): with L large MALA reaches p_0(X|Y0) (mean and variance match)."""
+    mix = targets.Gaussian(torch.tensor([1.0, 0.5]), torch.tensor([[0.5, 0.3], [0.3, 0.6]]))
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    out = C.langevin_replacement(P, -0.3, sch, runs=4000, n=1, langevin_steps=30, step=0.1, corrector="mala",
+                                 log_prob=mix.log_prob, generator=torch.Generator().manual_seed(1))
+    x = out.x[:, 0, 0]
+    ex = P.exact(-0.3)
+    assert abs(float(x.mean()) - float(ex.mean()[0])) < 4 * float(x.std()) / math.sqrt(4000)
+    assert abs(float(x.var()) / float(ex.covariance()[0, 0]) - 1) < 0.1
+    assert 0.3 < out.accept <= 1
+
+
+def test_tds_likelihood_unbiased():
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.25, 4.0)
+    out = C.tds(P, -0.3, sch, runs=1000, n=16, sigma_y=0.2, generator=torch.Generator().manual_seed(2))
+    _, log_py = C.tds_exact(P, -0.3, 0.2)
+    ratio = torch.exp(out.log_z - log_py)
+    assert abs(float(ratio.mean()) - 1) < 4 * float(ratio.std()) / math.sqrt(1000)
+
+
+def test_bad_inputs():
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    with pytest.raises(ValueError, match="kernel"):
+        C.smcdiff(P, 0.0, sch, runs=2, n=2, kernel="bad")
+    with pytest.raises(ValueError, match="runs"):
+        C.smcdiff(P, 0.0, sch, runs=0, n=2)
+    with pytest.raises(ValueError, match="idx_y"):
+        C.Inpainting(mix, [0, 1])
+
+
+def test_retain_one_is_a_uniform_particle():
+    """Pooled retained particles match the pooled particle cloud; particle 0 after systematic resampling does not."""
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.25, 4.0)
+    out = C.smcdiff(P, -0.3, sch, runs=2000, n=16, generator=torch.Generator().manual_seed(4))
+    one = C.retain_one(out, torch.Generator().manual_seed(5))[:, 0]
+    allp = out.x.reshape(-1)
+    assert abs(float(one.mean() - allp.mean())) < 4 * float(allp.std()) / math.sqrt(2000)
