@@ -25,8 +25,19 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "data" / "weights"
 class EpsMLP(nn.Module):
     """An MLP ``(x, lab) -> eps_hat`` with Fourier features of the log-SNR ``lab - log(1 - ab)``."""
 
-    def __init__(self, d, hidden=128, layers=3, n_freq=16):
+    def __init__(self, d, hidden=128, layers=3, n_freq=16, seed=None):
+        """``seed``: initialise the weights from ``torch.manual_seed(seed)`` without touching the global random
+        state (the same seed gives the same net in any process); ``None`` draws from the global generator, whose
+        start-up seed differs from process to process."""
         super().__init__()
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._build(d, hidden, layers, n_freq)
+        else:
+            self._build(d, hidden, layers, n_freq)
+
+    def _build(self, d, hidden, layers, n_freq):
         self.d, self.hidden, self.layers, self.n_freq = d, hidden, layers, n_freq
         self.register_buffer("freq", torch.exp(torch.linspace(math.log(0.05), math.log(4.0), n_freq)))
         dims = [d + 2 * n_freq] + [hidden] * layers
