@@ -20,7 +20,7 @@ no Python loop over runs or particles (only over time steps and Langevin steps).
 the score (or of the exact kernel, which plays its role) per particle.
 
 Samplers: :func:`replacement` (Algorithm 1, both context paths), :func:`langevin_replacement` (Algorithm 2,
-unadjusted or Metropolis-adjusted corrector), :func:`smcdiff` (Algorithm 3, with its likelihood estimate and
+unadjusted or Metropolis-adjusted corrector; :func:`langevin_fixed` runs the corrector alone at one noise level), :func:`smcdiff` (Algorithm 3, with its likelihood estimate and
 ESS), :func:`tds` (twisted SMC, Wu et al. 2023) and :func:`reconstruction_guidance` (TDS's proposal without
 weights).  Resampling: :func:`resample_multinomial`, :func:`resample_systematic`.
 """
@@ -37,7 +37,7 @@ from .targets import LOG2PI, GaussianMixture
 __all__ = ["Inpainting", "CondSamples", "context_path", "context_log_likelihood", "replacement",
            "langevin_replacement", "smcdiff", "tds", "reconstruction_guidance", "resample_multinomial",
            "resample_systematic", "RESAMPLERS", "ess", "noised", "marginal", "weighted_mean", "mode_weights",
-           "w1_1d", "tds_exact", "retain_one"]
+           "w1_1d", "tds_exact", "retain_one", "langevin_fixed"]
 
 KERNELS = ("em", "true")
 CONTEXTS = ("forward", "fixed")
@@ -344,16 +344,21 @@ def replacement(problem, y0, schedule, *, runs, n, kernel="true", score=None, co
 
 def langevin_replacement(problem, y0, schedule, *, runs, n, kernel="true", score=None, context="forward",
                          init="exact", langevin_steps=1, step=0.02, corrector="ula", log_prob=None,
-                         generator=None, progress=False):
+                         langevin_stop=0, generator=None, progress=False):
     """Algorithm 2 of 001: the replacement method followed, at every ``s = t - eps`` (``s = 0`` included), by
     ``L = langevin_steps`` Langevin steps on ``X`` targeting ``p_s(X | Y_s)`` with the *joint* score:
     ``X <- X + step grad_X log p_s(X, Y_s) + sqrt(2 step) W``.
 
     ``corrector="ula"`` (unadjusted: a bias ``O(step)`` at any ``L``) or ``"mala"`` (Metropolis-adjusted with
     ``log_prob(z, lab)`` of the joint: exact invariant law).  The Langevin score is ``score`` (the exact mixture
-    score by default)."""
+    score by default).  ``langevin_stop``: the corrector runs only at steps ``s >= langevin_stop`` (a learned
+    score has no value at ``t = 0``: ``langevin_stop=1`` stops it at the smallest noise level of the schedule,
+    and the last replacement step is not corrected).  ``nfe`` counts ``T + L x`` (corrected levels)."""
     sch = _check_common(problem, schedule, runs, n, kernel, score)
     _check_int("langevin_steps", langevin_steps, lo=0)
+    _check_int("langevin_stop", langevin_stop, lo=0)
+    if langevin_stop > sch.T:
+        raise ValueError(f"langevin_stop must be <= T = {sch.T}, got {langevin_stop}")
     if corrector not in ("ula", "mala"):
         raise ValueError(f"corrector must be 'ula' or 'mala', got {corrector!r}")
     if langevin_steps and not step > 0:
@@ -367,13 +372,38 @@ def langevin_replacement(problem, y0, schedule, *, runs, n, kernel="true", score
     for i in _steps(sch, progress, "replacement"):
         _, (params, sampler) = _x_step(problem, kernel, score, sch, i, x, path[:, i], path[:, i - 1], False)
         x = sampler(params, generator)
-        if langevin_steps:
+        if langevin_steps and i - 1 >= langevin_stop:
             x, a = _langevin(problem, x, path[:, i - 1], sch.lab(i - 1), lscore, langevin_steps, step, corrector,
                              log_prob, generator)
             acc, n_acc = acc + a, n_acc + 1
         _finite(x, "replacement", i)
-    nfe = sch.T * (1 + langevin_steps)
+    nfe = sch.T + langevin_steps * (sch.T - langevin_stop)
     return CondSamples(x, nfe, accept=(acc / n_acc if corrector == "mala" and n_acc else None), context=path)
+
+
+def langevin_fixed(problem, x, y, lab, *, steps, step, corrector="ula", score=None, log_prob=None,
+                   generator=None):
+    """``steps`` Langevin steps on ``X`` at one fixed noise level ``lab`` and context ``Y = y``, targeting
+    ``p_lab(X | y)`` with the joint score, from the particles ``x (runs, n, dx)`` (e.g. exact draws of the
+    target, so that the only error left is the corrector's own bias).  ``corrector="ula"`` keeps the fixed-step
+    bias of its invariant law (``O(step)``); ``"mala"`` (needs ``log_prob(z, lab)``) has none.  Returns
+    :class:`CondSamples` with ``nfe = steps`` (score evaluations per particle) and the MALA acceptance rate."""
+    if not isinstance(problem, Inpainting):
+        raise ValueError("problem must be an Inpainting")
+    if not torch.is_tensor(x) or x.ndim != 3 or x.shape[-1] != problem.dx:
+        raise ValueError(f"x must be a (runs, n, {problem.dx}) tensor")
+    _check_int("steps", steps, lo=1)
+    if not step > 0:
+        raise ValueError(f"step must be positive, got {step}")
+    if corrector not in ("ula", "mala"):
+        raise ValueError(f"corrector must be 'ula' or 'mala', got {corrector!r}")
+    if corrector == "mala" and log_prob is None:
+        raise ValueError("corrector='mala' needs log_prob(z, lab) of the joint")
+    y = problem.y0_vector(y).expand(x.shape[0], problem.dy)
+    x, a = _langevin(problem, x, y, lab, score if score is not None else problem.mix.score, steps, step,
+                     corrector, log_prob, generator)
+    _finite(x, "langevin_fixed", lab)
+    return CondSamples(x, steps, accept=a if corrector == "mala" else None)
 
 
 def _langevin(problem, x, y, lab, score, L, step, corrector, log_prob, generator):

@@ -127,3 +127,44 @@ def test_retain_one_is_a_uniform_particle():
     one = C.retain_one(out, torch.Generator().manual_seed(5))[:, 0]
     allp = out.x.reshape(-1)
     assert abs(float(one.mean() - allp.mean())) < 4 * float(allp.std()) / math.sqrt(2000)
+
+
+def test_ula_fixed_step_bias_matches_gaussian_closed_form():
+    """Started at the target, ULA with a linear score drifts to variance s^2 / (1 - step / (2 s^2)); MALA keeps s^2."""
+    mix = targets.Gaussian(torch.tensor([1.0, 0.5]), torch.tensor([[0.5, 0.3], [0.3, 0.6]]))
+    P = C.Inpainting(mix, [1])
+    ex = P.exact(-0.3)
+    s2, step, n = float(ex.covariance()[0, 0]), 0.2, 4000
+    x0 = ex.sample(n, generator=torch.Generator().manual_seed(6)).reshape(n, 1, 1)
+    tol = 4 * math.sqrt(2 / n)
+    ula = C.langevin_fixed(P, x0, -0.3, 0.0, steps=60, step=step, generator=torch.Generator().manual_seed(7))
+    assert ula.nfe == 60 and ula.accept is None
+    assert abs(float(ula.x.var()) / (s2 / (1 - step / (2 * s2))) - 1) < tol
+    mala = C.langevin_fixed(P, x0, -0.3, 0.0, steps=60, step=step, corrector="mala", log_prob=mix.log_prob,
+                            generator=torch.Generator().manual_seed(7))
+    assert abs(float(mala.x.var()) / s2 - 1) < tol and 0.5 < mala.accept <= 1
+    with pytest.raises(ValueError, match="log_prob"):
+        C.langevin_fixed(P, x0, -0.3, 0.0, steps=1, step=step, corrector="mala")
+    with pytest.raises(ValueError, match="x must"):
+        C.langevin_fixed(P, x0[:, 0], -0.3, 0.0, steps=1, step=step)
+
+
+def test_langevin_stop_skips_the_corrector_below_it():
+    """langevin_stop = T is plain replacement (same draws); stop = 1 never calls the score at t = 0 and counts NFE."""
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    g = lambda: torch.Generator().manual_seed(8)
+    rep = C.replacement(P, -0.3, sch, runs=50, n=2, generator=g())
+    same = C.langevin_replacement(P, -0.3, sch, runs=50, n=2, langevin_steps=3, langevin_stop=sch.T, generator=g())
+    assert torch.equal(rep.x, same.x) and same.nfe == sch.T
+
+    def score_no_t0(z, lab):
+        if float(lab) == 0.0:
+            raise AssertionError("score called at t = 0")
+        return mix.score(z, lab)
+    out = C.langevin_replacement(P, -0.3, sch, runs=50, n=2, kernel="em", score=score_no_t0, langevin_steps=3,
+                                 langevin_stop=1, generator=g())
+    assert out.nfe == sch.T + 3 * (sch.T - 1) and torch.isfinite(out.x).all()
+    with pytest.raises(ValueError, match="langevin_stop"):
+        C.langevin_replacement(P, -0.3, sch, runs=2, n=1, langevin_stop=sch.T + 1)
