@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .nets import EpsMLP, NetScore
+from .nets import EpsMLP, NetScore, fit
 
 __all__ = ["METHODS", "KIND", "Posterior", "CountedScore", "differentiable", "estimate", "tweedie_mean",
            "tweedie_cov", "AnalyticTable", "analytic_table", "Heads", "head_loss", "train_head",
@@ -281,14 +281,9 @@ def train_head(method, head, score, sample_x0, schedule, *, steps=2000, batch=51
         raise ValueError(f"steps and batch must be positive, got steps={steps}, batch={batch}")
     cs = score if isinstance(score, CountedScore) else CountedScore(score)
     dt = next(head.parameters()).dtype
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc=f"head {method}", leave=False)
-    labs, losses = schedule.log_alphabar, []
-    for _ in it:
+    labs = schedule.log_alphabar
+
+    def step_loss():
         t = int(torch.randint(2, schedule.T + 1, (1,), generator=generator,
                               device=generator.device if generator is not None else "cpu"))
         lab = labs[t]
@@ -296,13 +291,9 @@ def train_head(method, head, score, sample_x0, schedule, *, steps=2000, batch=51
         eps = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
         xt = torch.exp(0.5 * lab) * x0 + torch.sqrt(-torch.expm1(lab)) * eps
         out = head(xt.to(dt), lab.to(dt)).to(x0.dtype)
-        loss = head_loss(method, out, x0, eps, xt, lab, cs, lab_prev=labs[t - 1], generator=generator).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.detach().item())
-    return losses
+        return head_loss(method, out, x0, eps, xt, lab, cs, lab_prev=labs[t - 1], generator=generator).mean()
+
+    return fit(head.parameters(), step_loss, steps=steps, lr=lr, progress=progress, desc=f"head {method}")
 
 
 def make_head(d, hidden=64, layers=3):

@@ -15,7 +15,7 @@ from torch import nn
 
 from .schedules import VPSchedule
 
-__all__ = ["EpsMLP", "NetScore", "train_dsm", "dsm_loss", "save", "load", "WEIGHTS_DIR"]
+__all__ = ["EpsMLP", "NetScore", "fit", "train_dsm", "dsm_loss", "save", "load", "WEIGHTS_DIR"]
 
 #: where the repository keeps trained weights (with the script that made them, e.g. ``scripts/train_003.py``);
 #: found from the package, so a notebook finds them whatever its working directory.
@@ -85,6 +85,26 @@ def dsm_loss(net, x0, schedule, generator=None):
     return ((net(xt, lab) - eps) ** 2).sum(-1).mean()
 
 
+def fit(params, step_loss, *, steps, lr, progress=False, desc="training"):
+    """Adam with a cosine learning-rate decay over ``steps``; ``step_loss()`` draws one batch and returns its loss.
+    Returns the loss per step."""
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    it = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc=desc, leave=False)
+    losses = []
+    for _ in it:
+        loss = step_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.detach().item())
+    return losses
+
+
 def train_dsm(net, sample_x0, schedule, *, steps=2000, batch=512, lr=2e-3, generator=None, progress=False):
     """Train ``net`` by DSM on fresh draws ``sample_x0(batch, generator)``; returns the loss per step.
 
@@ -94,22 +114,8 @@ def train_dsm(net, sample_x0, schedule, *, steps=2000, batch=512, lr=2e-3, gener
     if steps < 1 or batch < 1:
         raise ValueError(f"steps and batch must be positive, got steps={steps}, batch={batch}")
     dtype = next(net.parameters()).dtype
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="DSM", leave=False)
-    losses = []
-    for _ in it:
-        x0 = sample_x0(batch, generator).to(dtype)
-        loss = dsm_loss(net, x0, schedule, generator)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.detach().item())
-    return losses
+    return fit(net.parameters(), lambda: dsm_loss(net, sample_x0(batch, generator).to(dtype), schedule, generator),
+               steps=steps, lr=lr, progress=progress, desc="DSM")
 
 
 def save(net, path, **meta):
