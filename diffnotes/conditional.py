@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from .schedules import VPSchedule
-from .targets import LOG2PI, GaussianMixture
+from .targets import LOG2PI, GaussianMixture, sample_mixture_rows
 
 __all__ = ["Inpainting", "CondSamples", "context_path", "context_log_likelihood", "replacement",
            "langevin_replacement", "smcdiff", "tds", "reconstruction_guidance", "resample_multinomial",
@@ -163,12 +163,7 @@ def _condition_rows(logw, means, covs, ix, iy, y):
 
 def _sample_rows(logw, means, covs, generator):
     """One draw per row of per-row mixtures ``(log w (m,K), means (m,K,d), covs (K,d,d))``."""
-    m, K, d = means.shape
-    k = torch.multinomial(torch.softmax(logw, -1), 1, replacement=True, generator=generator)[:, 0]
-    lam, U = torch.linalg.eigh(covs)
-    root = U * lam.clamp_min(0).sqrt()[:, None, :]
-    eps = _randn((m, d), means, generator)
-    return means[torch.arange(m, device=means.device), k] + torch.einsum("mde,me->md", root[k], eps)
+    return sample_mixture_rows(torch.softmax(logw, -1), means, covs, generator=generator)
 
 
 def _mix_logpdf(z, logw, means, covs):

@@ -21,8 +21,8 @@ import torch
 
 from .schedules import VPSchedule
 
-__all__ = ["Samples", "CountingScore", "ddpm", "ddim", "flow_ode", "accel_ode", "accel_sde", "SAMPLERS",
-           "DDPM_VARIANCES"]
+__all__ = ["Samples", "CountingScore", "ddpm", "ddim", "flow_ode", "accel_ode", "accel_sde", "multistep_ode",
+           "SAMPLERS", "DDPM_VARIANCES"]
 
 DDPM_VARIANCES = ("beta", "beta_tilde", "beta_over_alpha")
 
@@ -218,5 +218,3 @@ def multistep_ode(score, x, schedule, *, alpha_factor=True, generator=None, stop
             traj.append(x)
     return Samples(x, sch.T - stop, traj)
 
-
-__all__.append("multistep_ode")
