@@ -6,6 +6,10 @@
 * ``tv_grid`` / ``kl_grid``: quadrature of two log-densities on a tensor-product grid (low ``d``).
 * ``kl_mc``: ``KL(p || q)`` by Monte Carlo over samples of ``p`` with exact log-densities, with its standard
   error.
+* ``knn_entropy`` / ``kl_knn``: the Kozachenko-Leonenko k-nearest-neighbour entropy of a sample and, with an exact
+  log-density ``log p``, ``KL(q || p) = -H(q) - E_q[log p]`` from samples of ``q`` alone (batch-means error bar).
+* ``kde_logpdf`` / ``kl_kde``: a Gaussian kernel density estimate with Scott's or Silverman's bandwidth (as
+  ``scipy.stats.gaussian_kde``) and the plug-in ``KL(p || q_KDE)`` built on it.
 * ``fit_slope``: least squares of ``log y`` on ``log x`` (optionally removing a known power of ``log x``),
   with a Student-t confidence interval for the exponent.
 """
@@ -19,7 +23,7 @@ import torch
 from .targets import DiagonalGaussian, Gaussian
 
 __all__ = ["kl_gaussian", "hellinger_gaussian", "tv_grid", "kl_grid", "kl_mc", "fit_slope", "SlopeFit",
-           "frechet_distance", "grid"]
+           "frechet_distance", "grid", "knn_entropy", "kl_knn", "kde_logpdf", "kl_kde"]
 
 
 def _moments(p):
@@ -50,6 +54,18 @@ def kl_gaussian(p, q):
     logdet = 2 * (torch.log(torch.diagonal(Lq)).sum() - torch.log(torch.diagonal(Lp)).sum())
     return 0.5 * ((W ** 2).sum() + (z ** 2).sum() - mp.numel() + logdet)
 
+
+
+def kl_gaussian_or_inf(p, q, rtol=1e-12):
+    """``KL(p || q)`` of two Gaussians, ``inf`` when either covariance is singular (smallest eigenvalue below
+    ``rtol`` times the largest variance): then one law has no density and is not absolutely continuous with
+    respect to the other, unless both live on the same subspace, which this function does not try to detect."""
+    for law in (p, q):
+        _, C = _moments(law)
+        C = torch.diag(C) if C.ndim == 1 else C
+        if float(torch.linalg.eigvalsh(C).min()) < rtol * float(C.diagonal().max()):
+            return math.inf
+    return float(kl_gaussian(p, q))
 
 def hellinger_gaussian(p, q):
     """Hellinger distance ``H`` with ``H^2 = 1 - BC(p, q)`` (Bhattacharyya coefficient), so that
@@ -149,3 +165,117 @@ def frechet_distance(mu1, C1, mu2, C2):
     r1 = (U * lam.clamp_min(0).sqrt()) @ U.T
     mid = torch.linalg.eigvalsh(r1 @ C2 @ r1).clamp_min(0).sqrt().sum()
     return ((mu1 - mu2) ** 2).sum() + torch.trace(C1) + torch.trace(C2) - 2 * mid
+
+
+# ---- sample-based entropy and KL: k-nearest neighbours, kernel density estimates ---------------------------------
+def _check_sample(x, name="x", min_n=2):
+    if not torch.is_tensor(x) or x.ndim != 2:
+        raise ValueError(f"{name} must be a (n, d) tensor, got {tuple(x.shape) if torch.is_tensor(x) else type(x)}")
+    if x.shape[0] < min_n:
+        raise ValueError(f"{name} must hold at least {min_n} points, got {x.shape[0]}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite")
+    return x
+
+
+def _rows_per_chunk(n, budget=2 ** 22):
+    return max(1, budget // max(n, 1))
+
+
+def _whitening(x):
+    """``(L, mean)`` with ``L L^T`` the sample covariance of ``x``: ``z = L^{-1} (x - mean)`` has identity sample
+    covariance and ``H(x) = H(z) + log |det L|``."""
+    m = x.mean(0)
+    C = torch.cov(x.T).reshape(x.shape[1], x.shape[1])
+    return torch.linalg.cholesky(0.5 * (C + C.T)), m
+
+
+def knn_entropy(x, *, k=1, whiten=True):
+    """Kozachenko-Leonenko estimate of the differential entropy ``H(q) = -E_q[log q]`` (nats) from ``x ~ q``:
+
+    ``H = psi(n) - psi(k) + log V_d + (d / n) sum_i log eps_i``, ``eps_i`` the Euclidean distance from ``x_i``
+    to its ``k``-th nearest neighbour among the other points, ``V_d = pi^{d/2} / Gamma(d/2 + 1)`` the volume
+    of the unit ball.  Consistent for any density; the bias at finite ``n`` grows with the anisotropy of ``q``,
+    so by default the sample is first whitened by its own sample covariance ``L L^T`` (``H(x) = H(L^{-1} x) +
+    log |det L|``, exact for the estimator too).  Brute-force neighbours, ``O(n^2 d)`` time in chunks."""
+    from scipy.special import digamma
+
+    x = _check_sample(x, min_n=k + 1)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    n, d = x.shape
+    logdet = x.new_zeros(())
+    if whiten:
+        L, m = _whitening(x)
+        x = torch.linalg.solve_triangular(L, (x - m).T, upper=False).T
+        logdet = torch.log(torch.diagonal(L)).sum()
+    c = _rows_per_chunk(n)
+    eps = []
+    for i in range(0, n, c):
+        d2 = torch.cdist(x[i:i + c], x)
+        r = torch.arange(d2.shape[0], device=x.device)
+        d2[r, r + i] = float("inf")
+        eps.append(d2.topk(k, dim=1, largest=False).values[:, -1])
+    eps = torch.cat(eps)
+    if (eps <= 0).any():
+        raise ValueError("x must not contain duplicate points (a zero nearest-neighbour distance)")
+    log_vd = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
+    return float(digamma(n) - digamma(k)) + log_vd + d * torch.log(eps).mean() + logdet
+
+
+def kl_knn(x, logp, *, k=1, n_batches=20, whiten=True):
+    """``KL(q || p) = -H(q) - E_q[log p]`` from samples ``x ~ q`` and the exact log-density ``logp`` of ``p``
+    (a callable), ``H(q)`` by :func:`knn_entropy`.
+
+    Returns ``(estimate, standard error, batch_shift)``.  The error bar is by batch means: the estimator is
+    recomputed on ``n_batches`` disjoint batches of ``x`` (independent estimates of size ``n / n_batches``) and
+    the standard error of the pooled estimate is taken as ``std(batch estimates) / sqrt(n_batches)``.
+    ``batch_shift = mean(batch estimates) - estimate`` shows how the estimator's finite-sample bias moves
+    between ``n / n_batches`` and ``n`` points.  The bias at ``n`` itself is measured by applying the
+    estimator to exact draws of ``p`` (true value 0)."""
+    x = _check_sample(x, min_n=max(2 * n_batches * (k + 1), 10))
+    if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 2:
+        raise ValueError(f"n_batches must be an integer >= 2, got {n_batches!r}")
+    if not callable(logp):
+        raise ValueError("logp must be a callable returning log p at a batch of points")
+
+    def est(z):
+        return -knn_entropy(z, k=k, whiten=whiten) - logp(z).mean()
+    full = est(x)
+    b = torch.stack([est(z) for z in x.chunk(n_batches)])
+    return full, b.std() / math.sqrt(n_batches), b.mean() - full
+
+
+def kde_logpdf(data, points, *, bandwidth="silverman"):
+    """Log-density at ``points`` of the Gaussian kernel density estimate of ``data`` with kernel covariance
+    ``h^2 Cov(data)``, ``h = (n (d + 2) / 4)^{-1/(d + 4)}`` (``"silverman"``) or ``n^{-1/(d + 4)}``
+    (``"scott"``), or a number ``h``: the estimator of ``scipy.stats.gaussian_kde`` (unweighted)."""
+    data = _check_sample(data, "data")
+    points = _check_sample(points, "points", min_n=1)
+    n, d = data.shape
+    if points.shape[1] != d:
+        raise ValueError(f"points must have {d} columns like data, got {points.shape[1]}")
+    if bandwidth == "silverman":
+        h = (n * (d + 2) / 4.0) ** (-1.0 / (d + 4))
+    elif bandwidth == "scott":
+        h = n ** (-1.0 / (d + 4))
+    elif isinstance(bandwidth, (int, float)) and not isinstance(bandwidth, bool) and bandwidth > 0:
+        h = float(bandwidth)
+    else:
+        raise ValueError(f"bandwidth must be 'silverman', 'scott' or a number > 0, got {bandwidth!r}")
+    L, _ = _whitening(data)
+    L = h * L
+    zd = torch.linalg.solve_triangular(L, data.T, upper=False).T
+    zp = torch.linalg.solve_triangular(L, points.T, upper=False).T
+    c = _rows_per_chunk(n)
+    out = [torch.logsumexp(-0.5 * torch.cdist(zp[i:i + c], zd) ** 2, dim=1) for i in range(0, zp.shape[0], c)]
+    return torch.cat(out) - math.log(n) - 0.5 * d * math.log(2 * math.pi) - torch.log(torch.diagonal(L)).sum()
+
+
+def kl_kde(y, logp_y, x, *, bandwidth="silverman"):
+    """Plug-in ``KL(p || q) ~ mean(log p(y) - log q_KDE(y))`` with ``y ~ p`` (exact log-densities ``logp_y``) and
+    ``q_KDE`` the kernel density estimate (:func:`kde_logpdf`) of the sample ``x ~ q``.  Returns
+    ``(estimate, standard error over y)``; the error bar ignores the randomness of ``q_KDE`` and the
+    estimator is biased (smoothing, and ``E log q_KDE < log E q_KDE``)."""
+    r = logp_y - kde_logpdf(x, y, bandwidth=bandwidth)
+    return r.mean(), r.std() / math.sqrt(r.numel())

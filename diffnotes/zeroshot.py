@@ -28,7 +28,8 @@ from .targets import AffineScore, DiagonalGaussian, Gaussian, GaussianMixture, n
 
 __all__ = ["paper_schedule", "projectors", "ddnm_correction", "bo_correction", "null_projected",
            "zero_shot_score", "sample", "exact_law", "bias_terms_gaussian", "bias_terms_mc",
-           "row_space_target", "last_kernel_logdensity", "kl_to_sampler_mc", "moment_kl", "random_mixture", "VARIANCE"]
+           "row_space_target", "last_kernel_logdensity", "kl_to_sampler_mc", "moment_kl", "random_mixture", "VARIANCE",
+           "paper_mixture", "sample_last_kernel", "kl_last_kernel"]
 
 VARIANCE = "beta_over_alpha"          # 000's reverse-process variance (1 - alpha_t) / alpha_t
 
@@ -60,6 +61,21 @@ def random_mixture(d, K, generator, *, shared_cov=True, ridge=0.0):
     A = 2 * torch.rand(nA, d, d, dtype=torch.float64, generator=generator)
     covs = (A @ A.transpose(1, 2) / d + ridge * torch.eye(d, dtype=torch.float64)).expand(K, d, d)
     return GaussianMixture(torch.full((K,), 1.0 / K, dtype=torch.float64), means, covs)
+
+
+def paper_mixture():
+    """The mixture prior of the reference code's simulations (jacksonliang35/zero-shot-cond-diff-models,
+    ``simulations/*.py``): ``numpy.random.seed(100)``, ``mu = 2 (rand(4, 4) - 0.5)``, ``A = 2 rand(4, 4)``,
+    one shared covariance ``A A^T / 4``, equal weights.  numpy's legacy generator (MT19937) is used only to
+    reproduce their draw; its numbers do not depend on the numpy version."""
+    import numpy as np
+
+    rs = np.random.RandomState(100)
+    mu = (rs.rand(4, 4) - 0.5) * 2
+    A = rs.rand(4, 4) * 2
+    C = torch.as_tensor(A @ A.T / 4, dtype=torch.float64)
+    return GaussianMixture(torch.full((4,), 0.25, dtype=torch.float64), torch.as_tensor(mu, dtype=torch.float64),
+                           C.expand(4, 4, 4))
 
 
 # ---- zero-shot corrections ---------------------------------------------------------------------------------------
@@ -270,3 +286,35 @@ def moment_kl(target, x, *, n_batches=20):
         return metrics.kl_gaussian(ref, Gaussian(z.mean(0), torch.cov(z.T)))
     b = torch.stack([kl(z) for z in x.chunk(n_batches)])
     return kl(x), b.std() / math.sqrt(n_batches)
+
+
+# ---- the sampler's output with its (exactly Gaussian) last kernel ------------------------------------------------
+def sample_last_kernel(score, n, d, schedule, *, generator=None, device="cpu", progress=False):
+    """``n`` runs of 000's sampler kept at ``t = 1``: returns ``(x0, mean1, var1, nfe)`` where ``mean1`` is the
+    last step's mean ``(x_1 + beta_1 g_1(x_1)) / sqrt(alpha_1)``, ``var1 = beta_1 / alpha_1`` its noise
+    variance and ``x0 = mean1 + sqrt(var1) z`` the output.  The output law is the Gaussian mixture
+    ``(1/n) sum_j N(mean1_j, var1 I)`` in expectation: it has a density, so ``KL`` in either direction against
+    a density is finite."""
+    out = sample(score, n, d, schedule, generator=generator, device=device, stop=1, progress=progress)
+    x1 = out.x
+    beta1, alpha1, lab1 = schedule.beta[1], schedule.alpha[1], schedule.log_alphabar[1]
+    mean1 = (x1 + beta1 * score(x1, lab1)) / alpha1.sqrt()
+    var1 = float(beta1 / alpha1)
+    x0 = mean1 + math.sqrt(var1) * torch.randn(mean1.shape, dtype=mean1.dtype, device=mean1.device,
+                                                generator=generator)
+    return x0, mean1, var1, out.nfe + 1
+
+
+def kl_last_kernel(target, mean1, var1, n_eval, *, generator=None):
+    """``KL(target || P_0)`` at ``t = 0`` by Monte Carlo over ``n_eval`` exact draws of ``target``, with the
+    sampler's log-density ``log (1/M) sum_j N(x; mean1_j, var1 I)`` (:func:`last_kernel_logdensity`, exact
+    last kernel, Monte Carlo over ``x_1``).  Returns ``(kl, standard error over target draws, shift)``;
+    ``shift`` (half the runs minus all of them) estimates the upward Jensen bias, as in
+    :func:`kl_to_sampler_mc`."""
+    if isinstance(n_eval, bool) or not isinstance(n_eval, int) or n_eval < 2:
+        raise ValueError(f"n_eval must be an integer >= 2, got {n_eval!r}")
+    xe = target.sample(n_eval, generator=generator)
+    lt = target.log_prob(xe)
+    r_all = lt - last_kernel_logdensity(xe, mean1, var1)
+    r_half = lt - last_kernel_logdensity(xe, mean1[: mean1.shape[0] // 2], var1)
+    return r_all.mean(), r_all.std() / math.sqrt(n_eval), r_half.mean() - r_all.mean()

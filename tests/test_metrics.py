@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -61,3 +63,96 @@ def test_fit_slope_recovers_exponent_and_interval_covers():
 def test_frechet_distance_closed_form_in_1d():
     d = metrics.frechet_distance(torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([0.0]), torch.tensor([[1.0]]))
     assert float(d) == pytest.approx(1.0 + (2.0 - 1.0) ** 2)
+
+
+# ---- kNN entropy / KL and the kernel density estimate -------------------------------------------------------------
+@pytest.fixture(autouse=False)
+def one_thread():
+    """Small-tensor brute-force neighbour searches: one thread is faster on a busy machine; restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _aniso(seed, d=4, scale=(1.0, 0.3, 0.05, 2.0)):
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    s = torch.tensor(scale[:d])
+    return Gaussian(torch.randn(d, generator=g), Q @ torch.diag(s ** 2) @ Q.T)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_knn_entropy_of_an_anisotropic_gaussian_against_closed_form():
+    p = _aniso(0)
+    H = 0.5 * float(torch.logdet(2 * math.pi * math.e * p.cov))
+    x = p.sample(6000, generator=torch.Generator().manual_seed(1))
+    h = float(metrics.knn_entropy(x))
+    assert abs(h - H) < 0.06                      # k = 1 in d = 4: bias ~0.03 and s.d. ~0.02 at n = 6000
+    assert abs(float(metrics.knn_entropy(x, k=3)) - H) < 0.06
+    # a wrong unit-ball volume or a missing log det of the whitening would be off by > 0.5 nats
+    with pytest.raises(ValueError, match="k"):
+        metrics.knn_entropy(x, k=0)
+    with pytest.raises(ValueError, match="duplicate"):
+        metrics.knn_entropy(torch.cat([x[:50], x[:1]]))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_knn_entropy_is_affine_equivariant_when_whitened():
+    x = torch.randn(500, 3, generator=torch.Generator().manual_seed(2))
+    A = torch.tensor([[2.0, 0.3, 0.0], [0.0, 0.1, 0.5], [1.0, 0.0, 3.0]])
+    h0, h1 = metrics.knn_entropy(x), metrics.knn_entropy(x @ A.T + 5.0)
+    assert float(h1) == pytest.approx(float(h0) + float(torch.linalg.slogdet(A).logabsdet), abs=1e-9)
+    # without whitening only a common scale is exact
+    assert float(metrics.knn_entropy(3 * x, whiten=False)) == pytest.approx(
+        float(metrics.knn_entropy(x, whiten=False)) + 3 * math.log(3), abs=1e-9)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_kl_knn_between_two_gaussians_within_its_error_bar():
+    q, p = _aniso(3), _aniso(4, scale=(1.5, 0.5, 0.2, 1.0))
+    x = q.sample(4000, generator=torch.Generator().manual_seed(5))
+    est, se, shift = metrics.kl_knn(x, p.log_prob)
+    exact = float(metrics.kl_gaussian(q, p))
+    assert exact > 1.0
+    assert abs(float(est) - exact) < 4 * float(se) + 0.05
+    est0, se0, _ = metrics.kl_knn(x, q.log_prob)           # p = q: true value 0
+    assert abs(float(est0)) < 4 * float(se0) + 0.05
+    with pytest.raises(ValueError, match="n_batches"):
+        metrics.kl_knn(x, p.log_prob, n_batches=1)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_kde_against_scipy_and_its_smoothing_bias():
+    from scipy.stats import gaussian_kde
+
+    p = _aniso(6, d=3, scale=(1.0, 0.5, 2.0))
+    g = torch.Generator().manual_seed(7)
+    x, y = p.sample(2000, generator=g), p.sample(300, generator=g)
+    for bw in ["silverman", "scott", 0.4]:
+        ref = torch.as_tensor(gaussian_kde(x.numpy().T, bw_method=bw)(y.numpy().T)).log()
+        assert torch.allclose(metrics.kde_logpdf(x, y, bandwidth=bw), ref, atol=1e-10)
+    with pytest.raises(ValueError, match="bandwidth"):
+        metrics.kde_logpdf(x, y, bandwidth=-1.0)
+    # the KDE of N(m, C) is close to N(m, (1 + h^2) C): the plug-in KL(p || q_KDE) matches that closed form
+    q = Gaussian(p.loc + 0.2, 1.3 * p.cov)
+    n = 20000
+    xq, yp = q.sample(n, generator=g), p.sample(2000, generator=g)
+    h2 = (n * 5 / 4.0) ** (-2.0 / 7)
+    smooth = Gaussian(q.loc, (1 + h2) * q.cov)
+    est, se = metrics.kl_kde(yp, p.log_prob(yp), xq)
+    assert abs(float(est) - float(metrics.kl_gaussian(p, smooth))) < 4 * float(se) + 0.03
+
+
+def test_kl_gaussian_or_inf_is_inf_only_for_a_singular_law():
+    from diffnotes.targets import Gaussian
+    p = Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    q = Gaussian(torch.ones(2, dtype=torch.float64), torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64)))
+    sing = Gaussian(torch.zeros(2, dtype=torch.float64), torch.diag(torch.tensor([1.0, 0.0], dtype=torch.float64)))
+    # closed form for diagonal Gaussians: 1/2 sum(r - 1 - log r + dm^2 / vq), r = vp / vq
+    vq = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    r = 1 / vq
+    want = 0.5 * float((r - 1 - torch.log(r) + 1 / vq).sum())
+    assert abs(metrics.kl_gaussian_or_inf(p, q) - want) < 1e-12
+    assert metrics.kl_gaussian_or_inf(sing, q) == math.inf
+    assert metrics.kl_gaussian_or_inf(p, sing) == math.inf

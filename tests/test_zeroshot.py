@@ -145,3 +145,33 @@ def test_kernel_kl_estimator_on_gaussian():
     kl, se, shift = Z.kl_to_sampler_mc(tgt, g, sch, n_sampler=20000, n_eval=1000,
                                        generator=torch.Generator().manual_seed(2))
     assert float(kl) - 4 * float(se) - 2 * abs(float(shift)) < exact < float(kl) + 4 * float(se)
+
+
+def test_sample_last_kernel_matches_exact_law_and_last_kernel_kl():
+    sy = 0.3
+    g = Z.zero_shot_score(GAUSS.affine_score(), H, Y, sy, "ddnm")
+    sch = Z.paper_schedule(25)
+    gen = torch.Generator().manual_seed(11)
+    x0, m1, v1, nfe = Z.sample_last_kernel(g, 20000, 4, sch, generator=gen)
+    assert nfe == 25 and v1 == pytest.approx(float(sch.beta[1] / sch.alpha[1]))
+    L = Z.exact_law(g, 4, sch)
+    assert ((x0.mean(0) - L.loc).abs() < 5 * (L.cov.diagonal() / 20000).sqrt()).all()
+    assert (torch.cov(x0.T) - L.cov).abs().max() < 6 * (2 / 20000) ** 0.5 * L.cov.diagonal().max()
+    # DDNM's output is much narrower than the posterior in the row space: the exact last kernel is then reliable
+    tgt = GAUSS.linear_posterior(H, Y, sy)
+    tgt = Gaussian(tgt.means[0], tgt.covs[0])
+    exact = float(metrics.kl_gaussian(tgt, L))
+    kl, se, shift = Z.kl_last_kernel(tgt, m1, v1, 2000, generator=gen)
+    assert float(kl) - 4 * float(se) - 2 * abs(float(shift)) < exact < float(kl) + 4 * float(se)
+    # and the kNN estimate of the other direction on the same runs
+    est, se_k, _ = metrics.kl_knn(x0[:4000], tgt.log_prob)
+    assert abs(float(est) - float(metrics.kl_gaussian(L, tgt))) < 4 * float(se_k) + 0.05 + 0.05 * float(est)
+
+
+def test_paper_mixture_is_their_seed_100_draw():
+    m = Z.paper_mixture()
+    assert m.means.shape == (4, 4) and m.covs.shape == (4, 4, 4)
+    assert (m.means.abs() <= 1).all() and torch.allclose(m.weights, torch.full((4,), 0.25))
+    # numpy.random.seed(100); rand(4, 4) starts 0.5434..., so the first mean coordinate is 2 (0.5434 - 0.5)
+    assert float(m.means[0, 0]) == pytest.approx(2 * (0.5434049417909654 - 0.5), abs=1e-12)
+    assert float(torch.linalg.eigvalsh(m.covs[0]).min()) > 1e-3     # no eigenvalue below the last step's variance
