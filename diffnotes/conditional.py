@@ -19,6 +19,9 @@ Every sampler is batched over independent runs and particles: particles have sha
 no Python loop over runs or particles (only over time steps and Langevin steps).  ``nfe`` counts evaluations of
 the score (or of the exact kernel, which plays its role) per particle.
 
+The discretised model's own conditional ``p_em(X_0 | Y_{0:T})`` (what SMCDiff with ``kernel="em"`` targets) is
+computed exactly for one-dimensional ``X`` by :func:`em_conditional_grid` (a grid forward filter).
+
 Samplers: :func:`replacement` (Algorithm 1, both context paths), :func:`langevin_replacement` (Algorithm 2,
 unadjusted or Metropolis-adjusted corrector; :func:`langevin_fixed` runs the corrector alone at one noise level), :func:`smcdiff` (Algorithm 3, with its likelihood estimate and
 ESS), :func:`tds` (twisted SMC, Wu et al. 2023) and :func:`reconstruction_guidance` (TDS's proposal without
@@ -37,7 +40,7 @@ from .targets import LOG2PI, GaussianMixture, sample_mixture_rows
 __all__ = ["Inpainting", "CondSamples", "context_path", "context_log_likelihood", "replacement",
            "langevin_replacement", "smcdiff", "tds", "reconstruction_guidance", "resample_multinomial",
            "resample_systematic", "RESAMPLERS", "ess", "noised", "marginal", "weighted_mean", "mode_weights",
-           "w1_1d", "tds_exact", "retain_one", "langevin_fixed"]
+           "w1_1d", "tds_exact", "retain_one", "langevin_fixed", "em_conditional_grid", "GridConditional"]
 
 KERNELS = ("em", "true")
 CONTEXTS = ("forward", "fixed")
@@ -217,6 +220,136 @@ def context_log_likelihood(problem, path, schedule):
     q0 = marginal(problem.mix, problem.iy).log_prob(path[:, 0])
     qT = marginal(noised(problem.mix, sch.lab(T)), problem.iy).log_prob(path[:, T])
     return q0 + trans - qT
+
+
+def _check_path(problem, path, schedule):
+    """A context path as a ``(P, T + 1, dy)`` float64 tensor (a ``(T + 1, dy)`` one gets ``P = 1``)."""
+    if not torch.is_tensor(path):
+        raise ValueError("path must be a tensor of shape (T + 1, dy) or (P, T + 1, dy)")
+    path = path.to(dtype=torch.float64, device=problem.device)
+    if path.ndim == 2:
+        path = path[None]
+    if path.ndim != 3 or path.shape[1:] != (schedule.T + 1, problem.dy):
+        raise ValueError(f"path must have shape ({schedule.T + 1}, {problem.dy}) or (P, {schedule.T + 1}, "
+                         f"{problem.dy}), got {tuple(path.shape)}")
+    if not torch.isfinite(path).all():
+        raise ValueError("path must be finite")
+    return path
+
+
+@dataclass
+class GridConditional:
+    """A law on the points ``grid (G,)`` per path: ``log_p (P, G)`` log density (``sum exp(log_p) h = 1``,
+    ``h`` the spacing) and ``log_lik (P,)``, the log normalising constant of the filter."""
+    grid: torch.Tensor
+    log_p: torch.Tensor
+    log_lik: torch.Tensor
+
+    @property
+    def h(self):
+        return float(self.grid[1] - self.grid[0])
+
+    def mean(self, f=None):
+        """``E[f(X)]`` per path ``(P,)`` (``f`` defaults to the identity)."""
+        fx = self.grid if f is None else f(self.grid)
+        return (torch.exp(self.log_p) * fx).sum(-1) * self.h
+
+    def cdf(self):
+        """CDF at the grid points ``(P, G)`` (cumulative trapezoid rule)."""
+        p = torch.exp(self.log_p)
+        return (torch.cumsum(p, -1) - 0.5 * p) * self.h
+
+    def w1(self, cond):
+        """Wasserstein-1 distance ``int |F - F_cond| dx`` per path ``(P,)`` to a one-dimensional mixture ``cond``
+        (e.g. the true conditional ``q(X_0 | Y_0)``), on the grid."""
+        if cond.d != 1:
+            raise ValueError("w1 needs a one-dimensional mixture")
+        sd = cond.covs[:, 0, 0].sqrt()
+        F = (cond.weights * torch.special.ndtr((self.grid[:, None] - cond.means[:, 0]) / sd)).sum(-1)
+        return torch.trapezoid((self.cdf() - F).abs(), self.grid, dim=-1)
+
+
+def em_conditional_grid(problem, path, schedule, *, score=None, grid=None, init="exact", chunk=16):
+    """The law of ``X_0`` given the context path ``Y_{0:T} = path`` under the **discretised model** of SMCDiff
+    with ``kernel="em"``: ``X_T ~ q_T(X_T | Y_T)`` (``init="exact"``) or ``N(0, 1)`` (``"gaussian"``) and the
+    corrected Euler-Maruyama kernel ``N(Z_s; Z_t + eps (Z_t + 2 score(Z_t)), 2 eps I)`` (``score`` defaults to
+    the exact mixture score).  For one-dimensional ``X`` this is a hidden Markov model (state ``X_t``,
+    observations ``Y_{t-eps}``), solved exactly up to quadrature by the forward filter on the evenly spaced
+    ``grid``: ``a_s(x') = sum_j h a_t(x_j) N(Y_s; m_Y(x_j, Y_t), 2 eps) N(x'; m_X(x_j, Y_t), 2 eps)`` with
+    ``m = z + eps (z + 2 score(z))``, normalised at each step; the log normalising constants add up to
+    ``log p_em(Y_{0:T-1} | Y_T)``, which SMCDiff's ``log_z`` estimates (unbiased for ``exp``).
+
+    Since SMCDiff with ``kernel="em"`` is a bootstrap filter for exactly this model, its particles target this
+    law, not ``q(X_0 | Y_0)``.  ``path``: ``(T + 1, dy)`` or ``(P, T + 1, dy)``; paths are processed ``chunk``
+    at a time (memory ``chunk G^2``).  ``grid`` defaults to ``[-8, 8]`` widened to 8 sd around every component
+    of ``X_0``, with spacing at most ``sqrt(2 eps) / 4``;
+    a given grid's spacing must be at most ``sqrt(2 eps) / 2`` (the Riemann sum of a Gaussian of sd ``s`` on a
+    grid of spacing ``h`` errs by about ``exp(-2 pi^2 s^2 / h^2)``, below 1e-30 there)."""
+    if not isinstance(problem, Inpainting):
+        raise ValueError("problem must be an Inpainting")
+    if problem.dx != 1:
+        raise ValueError("em_conditional_grid needs a one-dimensional X (dx = 1)")
+    if not isinstance(schedule, VPSchedule):
+        raise ValueError("schedule must be a VPSchedule")
+    if init not in ("exact", "gaussian"):
+        raise ValueError(f"init must be 'exact' or 'gaussian', got {init!r}")
+    _check_int("chunk", chunk)
+    sch = schedule.to(problem.device)
+    path = _check_path(problem, path, sch)
+    score = problem.mix.score if score is None else score
+    e_min = min(_eps(sch, i) for i in range(1, sch.T + 1))
+    if grid is None:                       # cover N(0, 1) and every component of X_0 to 8 sd
+        mx, sx = problem.mix.means[:, problem.ix[0]], problem.mix.covs[:, problem.ix[0], problem.ix[0]].sqrt()
+        lo, hi = min(-8.0, float((mx - 8 * sx).min())), max(8.0, float((mx + 8 * sx).max()))
+        G = math.ceil((hi - lo) / (math.sqrt(2 * e_min) / 4)) + 1
+        grid = torch.linspace(lo, hi, G, dtype=torch.float64, device=problem.device)
+    grid = torch.as_tensor(grid, dtype=torch.float64, device=problem.device).reshape(-1)
+    G = grid.numel()
+    if G < 3:
+        raise ValueError("grid must have at least 3 points")
+    h = float(grid[1] - grid[0])
+    if not h > 0 or not torch.allclose(grid.diff(), grid.new_tensor(h), rtol=1e-6, atol=1e-12):
+        raise ValueError("grid must be evenly spaced and increasing")
+    if h > math.sqrt(2 * e_min) / 2:
+        raise ValueError(f"grid spacing {h:.3g} is too coarse for the kernel's sd sqrt(2 eps) = "
+                         f"{math.sqrt(2 * e_min):.3g} (need <= half of it)")
+    logh = math.log(h)
+    outs_p, outs_l = [], []
+    for path_c in path.split(chunk):
+        Pc = path_c.shape[0]
+        yT = path_c[:, sch.T]
+        if init == "exact":
+            mT = noised(problem.mix, sch.lab(sch.T))
+            _, lw, mx, Cx = _condition_rows(mT.log_weights.expand(Pc, mT.K), mT.means.expand(Pc, mT.K, problem.d),
+                                            mT.covs, problem.ix, problem.iy, yT)
+            la = torch.logsumexp(lw[:, None, :] + _gauss1(grid[None, :, None], mx[:, None, :, 0],
+                                                           Cx[None, None, :, 0, 0]), -1)          # (Pc, G)
+        else:
+            la = _gauss1(grid, 0.0, 1.0).expand(Pc, G)
+        la = la - torch.logsumexp(la, -1, keepdim=True) - logh         # normalise on the grid
+        log_lik = la.new_zeros(Pc)
+        for i in range(sch.T, 0, -1):
+            e = _eps(sch, i)
+            z = problem.join(grid[None, :, None].expand(Pc, G, 1), path_c[:, i, None, :]).reshape(Pc * G, problem.d)
+            mean = (z + e * (z + 2 * score(z, sch.lab(i)))).reshape(Pc, G, problem.d)
+            lw = _gauss_logpdf(path_c[:, i - 1, None, :], mean[..., problem.iy], 2 * e)            # (Pc, G)
+            lj = la + lw + logh                                        # log of h a_t(x_j) w_j
+            lc = torch.logsumexp(lj, -1)                                 # log predictive of Y_s
+            log_lik = log_lik + lc
+            lj = lj - lc[:, None]
+            trans = torch.exp(_gauss1(grid[None, None, :], mean[..., problem.ix[0]][:, :, None], 2 * e))
+            a = torch.bmm(torch.exp(lj)[:, None, :], trans)[:, 0]      # (Pc, G'): sum_j p_j N(x'; m_j, 2 eps)
+            la = torch.log(a)
+            la = la - torch.logsumexp(la, -1, keepdim=True) - logh     # quadrature mass (~1) renormalised
+        outs_p.append(la)
+        outs_l.append(log_lik)
+    return GridConditional(grid, torch.cat(outs_p), torch.cat(outs_l))
+
+
+def _gauss1(x, mean, var):
+    """Elementwise ``log N(x; mean, var)`` (broadcasting)."""
+    var = torch.as_tensor(var, dtype=torch.float64)
+    return -0.5 * ((x - mean) ** 2 / var + torch.log(2 * math.pi * var))
 
 
 def _init_x(problem, yT, labT, n, init, generator):
@@ -442,16 +575,27 @@ def _steps(sch, progress, desc):
 
 # ---- Algorithm 3: SMCDiff (bootstrap particle filter) --------------------------------------------------------
 def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, context="forward", init="exact",
-            resampling="systematic", generator=None, progress=False):
+            resampling="systematic", generator=None, progress=False, path=None):
     """Algorithm 3 of 001 (Trippe et al. 2023): for ``t = T, ..., 1``: weight ``w_k = p(Y_s | X_t^k, Y_t)``,
     normalise, resample, propagate ``X_s^k ~ p(X_s | X_t^k, Y_t[, Y_s])`` (with the true kernel, conditioned
     on ``Y_s``: the kernel is not separable).  Returns the ``n`` equally weighted particles of each run, the
     ESS before each resampling, and ``log_z = sum_t log mean_k w_k``, an estimate (unbiased for ``exp``) of
-    ``p(Y_{0:T-1} | Y_T)`` under the model (see :func:`context_log_likelihood`)."""
+    ``p(Y_{0:T-1} | Y_T)`` under the model (see :func:`context_log_likelihood`; for ``kernel="em"`` the model is
+    the discretised one, see :func:`em_conditional_grid`).
+
+    ``path``: an optional given context path ``(T + 1, dy)`` (shared by all runs) or ``(runs, T + 1, dy)``
+    (index = step); it replaces the path drawn from ``context`` (``path[..., 0, :]`` should be ``y0``)."""
     sch = _check_common(problem, schedule, runs, n, kernel, score)
     if resampling not in RESAMPLERS:
         raise ValueError(f"resampling must be one of {tuple(RESAMPLERS)}, got {resampling!r}")
-    path = context_path(problem, y0, sch, runs, kind=context, generator=generator)
+    if path is None:
+        path = context_path(problem, y0, sch, runs, kind=context, generator=generator)
+    else:
+        path = _check_path(problem, path, sch)
+        if path.shape[0] not in (1, runs):
+            raise ValueError(f"path must have shape ({sch.T + 1}, {problem.dy}) or ({runs}, {sch.T + 1}, "
+                             f"{problem.dy}), got {tuple(path.shape)}")
+        path = path.expand(runs, sch.T + 1, problem.dy)
     x = _init_x(problem, path[:, sch.T], sch.lab(sch.T), n, init, generator)
     log_z = x.new_zeros(runs)
     ess_t = []
@@ -491,11 +635,22 @@ def _tds_check(problem, y, sigma_y, inflate):
     return problem.y0_vector(y)
 
 
-def _twisted_step(problem, sch, i, z, y, sigma_y, inflate, generator, weights):
+def _twisted_step(problem, sch, i, z, y, sigma_y, inflate, generator, weights, kernel="true", score=None):
     """One twisted move ``Z_s ~ sum_k w_k N(m_k + C_k g, C_k)`` from the exact kernel's components shifted by
     ``C_k g``, ``g = grad log p~_t(y | Z_t)``; with ``weights``, also the TDS incremental log-weight
-    ``log [q(Z_s | Z_t) p~_s(y | Z_s) / (proposal(Z_s) p~_t(y | Z_t))]``."""
+    ``log [p(Z_s | Z_t) p~_s(y | Z_s) / (proposal(Z_s) p~_t(y | Z_t))]``.  With ``kernel="em"`` the base kernel is
+    the corrected EM kernel ``N(m, 2 eps I)``, ``m = Z_t + eps (Z_t + 2 score(Z_t))``, and the proposal
+    ``N(m + 2 eps g, 2 eps I)``."""
     lp_t, g = _twist(problem, z, sch.lab(i), y, sigma_y, inflate)
+    if kernel == "em":
+        e = _eps(sch, i)
+        mean = z + e * (z + 2 * score(z, sch.lab(i)))
+        prop = mean + 2 * e * g
+        z_new = prop + math.sqrt(2 * e) * _randn(z.shape, z, generator)
+        if not weights:
+            return z_new, None
+        lp_s, _ = _twist(problem, z_new, sch.lab(i - 1), y, sigma_y, inflate)
+        return z_new, _gauss_logpdf(z_new, mean, 2 * e) + lp_s - _gauss_logpdf(z_new, prop, 2 * e) - lp_t
     w, means, covs = problem.mix.reverse_kernel(z, sch.lab(i), sch.lab(i - 1))
     logw = torch.log(w)
     shifted = means + torch.einsum("kde,me->mkd", covs, g)
@@ -508,14 +663,19 @@ def _twisted_step(problem, sch, i, z, y, sigma_y, inflate, generator, weights):
 
 
 def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="systematic", generator=None,
-        progress=False):
+        progress=False, kernel="true", score=None):
     """Twisted diffusion sampler (Wu et al. 2023) for ``y = Z_0[idx_y] + sigma_y W`` on the exact model (the
     mixture's true reverse kernel).  ``Z_T ~ q_T`` with weight ``p~_T(y | Z_T)``; each step resamples, moves with
     the twisted proposal and reweights (:func:`_twisted_step`).  At ``t = 0`` the twist is ``p(y | Z_0)``
     exactly, so the weighted particles target ``q(Z_0 | y)`` (see :func:`tds_exact`) and ``exp(log_z)`` is an
     unbiased estimate of ``p(y)``.  Returns ``X_0`` with its normalised weights; ``nfe`` counts 2 per step
-    (score and its Jacobian; the kernel is exact)."""
-    sch = _check_common(problem, schedule, runs, n, "true", None)
+    (score and its Jacobian; the kernel is exact).
+
+    ``kernel="em"``: the base model is the discretised one (``Z_T ~ q_T``, then the corrected EM kernel with
+    ``score``); TDS is then exact for *that* model's ``p_em(X_0 | y)``, not for ``q(X_0 | y)``.  The twist still uses
+    the exact mixture score and Jacobian; ``nfe`` counts 3 per step (the kernel's score, the twist's score and
+    Jacobian)."""
+    sch = _check_common(problem, schedule, runs, n, kernel, score)
     y = _tds_check(problem, y, sigma_y, inflate)
     if resampling not in RESAMPLERS:
         raise ValueError(f"resampling must be one of {tuple(RESAMPLERS)}, got {resampling!r}")
@@ -530,12 +690,13 @@ def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="
         idx = RESAMPLERS[resampling](log_w, generator)
         (z,) = _gather((z.reshape(runs, n, problem.d),), idx)
         z, inc = _twisted_step(problem, sch, i, z.reshape(runs * n, problem.d), y, sigma_y, inflate, generator,
-                               True)
+                               True, kernel, score)
         log_w = inc.reshape(runs, n)
         _finite(z, "tds", i)
     log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
     x = z.reshape(runs, n, problem.d)[..., problem.ix]
-    return CondSamples(x, 2 * sch.T, log_w=torch.log_softmax(log_w, -1), log_z=log_z, ess=torch.stack(ess_t, 1))
+    return CondSamples(x, (3 if kernel == "em" else 2) * sch.T, log_w=torch.log_softmax(log_w, -1), log_z=log_z,
+                       ess=torch.stack(ess_t, 1))
 
 
 def reconstruction_guidance(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, generator=None,

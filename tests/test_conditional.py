@@ -8,6 +8,15 @@ from diffnotes import conditional as C
 from diffnotes import schedules, targets
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors and long time loops: one thread is faster on a shared CPU (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _mix():
     w = [0.6, 0.3, 0.1]
     m = [[-2.5, 0.8], [0.0, 0.0], [2.5, -0.6]]
@@ -168,3 +177,129 @@ def test_langevin_stop_skips_the_corrector_below_it():
     assert out.nfe == sch.T + 3 * (sch.T - 1) and torch.isfinite(out.x).all()
     with pytest.raises(ValueError, match="langevin_stop"):
         C.langevin_replacement(P, -0.3, sch, runs=2, n=1, langevin_stop=sch.T + 1)
+
+
+# ---- the discretised (Euler-Maruyama) model's exact conditional --------------------------------------------------
+def _em_gaussian_joint(gauss, sch, path, ix, iy):
+    """Closed form, independent of the grid filter: for a Gaussian target every corrected EM step
+    ``Z_s = A Z_t + b + sqrt(2 eps) W`` is affine (``A = (1 + eps) I - 2 eps S_t^{-1}``, ``b = 2 eps S_t^{-1} m_t``), so
+    ``Z_T ~ q_T`` and the EM chain make ``(Z_T, ..., Z_0)`` jointly Gaussian: write every ``Z_i = M_i xi + c_i`` in the
+    standard normal ``xi`` of all the draws, then condition ``X_0`` on ``Y_{0:T} = path`` (Schur complement).
+    Returns the conditional mean and variance of X_0 and ``log p(Y_{0:T-1} | Y_T)``."""
+    d, T = gauss.d, sch.T
+    D = d * (T + 1)
+    lab = lambda i: sch.lab(i)
+    mean_t = lambda i: torch.exp(0.5 * lab(i)) * gauss.loc
+    cov_t = lambda i: torch.exp(lab(i)) * gauss.cov - torch.expm1(lab(i)) * torch.eye(d, dtype=torch.float64)
+    M = torch.zeros(d, D, dtype=torch.float64)
+    M[:, :d] = torch.linalg.cholesky(cov_t(T))
+    c = mean_t(T).clone()
+    rows_M, rows_c = {T: M}, {T: c}
+    for i in range(T, 0, -1):
+        e = float(-0.5 * sch.log_alpha[i])
+        Pi = torch.linalg.inv(cov_t(i))
+        A = (1 + e) * torch.eye(d, dtype=torch.float64) - 2 * e * Pi
+        b = 2 * e * Pi @ mean_t(i)
+        M = A @ M
+        M[:, d * (T - i + 1):d * (T - i + 2)] += math.sqrt(2 * e) * torch.eye(d, dtype=torch.float64)
+        c = A @ c + b
+        rows_M[i - 1], rows_c[i - 1] = M, c
+    My = torch.cat([rows_M[i][iy] for i in range(T + 1)])         # Y_0, ..., Y_T
+    cy = torch.cat([rows_c[i][iy] for i in range(T + 1)])
+    Mx, cx = rows_M[0][ix], rows_c[0][ix]
+    Syy, Sxy, Sxx = My @ My.T, Mx @ My.T, Mx @ Mx.T
+    y = path.reshape(-1)
+    K = Sxy @ torch.linalg.inv(Syy)
+    m_post = cx + K @ (y - cy)
+    v_post = Sxx - K @ Sxy.T
+    mvn = torch.distributions.MultivariateNormal
+    log_all = mvn(cy, Syy).log_prob(y)
+    log_T = mvn(cy[-1:], Syy[-1:, -1:]).log_prob(y[-1:])
+    return float(m_post[0]), float(v_post[0, 0]), float(log_all - log_T)
+
+
+def test_em_conditional_grid_matches_gaussian_closed_form():
+    gauss = targets.Gaussian(torch.tensor([1.0, 0.5]), torch.tensor([[0.5, 0.3], [0.3, 0.6]]))
+    P = C.Inpainting(gauss, [1])
+    sch = schedules.ou(0.5, 4.0)
+    paths = C.context_path(P, -0.3, sch, 3, generator=torch.Generator().manual_seed(9))
+    gc = C.em_conditional_grid(P, paths, sch)
+    for p in range(3):
+        m, v, ll = _em_gaussian_joint(gauss, sch, paths[p], P.ix, P.iy)
+        assert abs(float(gc.mean()[p]) - m) < 1e-8
+        assert abs(float(gc.mean(lambda x: x ** 2)[p]) - (v + m * m)) < 1e-8
+        assert abs(float(gc.log_lik[p]) - ll) < 1e-8
+    # the discretised model's conditional is not the true one (EM bias at eps = 0.5)
+    assert abs(float(gc.mean()[0]) - float(P.exact(-0.3).mean()[0])) > 0.01
+
+
+def test_smcdiff_em_targets_the_discretised_model():
+    """With the EM kernel, SMCDiff is a bootstrap filter for the discretised model: Zhat is unbiased for the grid's
+    likelihood and the unbiased unnormalised estimate Zhat * mean_k X_0^k matches Z * E_em[X_0 | path] (any N), while
+    the true conditional mean is many standard errors away."""
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.25, 4.0)
+    path = C.context_path(P, -0.3, sch, 1, generator=torch.Generator().manual_seed(10))[0]
+    gc = C.em_conditional_grid(P, path, sch)
+    R = 2000
+    out = C.smcdiff(P, -0.3, sch, runs=R, n=16, kernel="em", score=mix.score, path=path,
+                    generator=torch.Generator().manual_seed(11))
+    assert torch.equal(out.context[0], path) and torch.equal(out.context[-1], path)
+    r = torch.exp(out.log_z - gc.log_lik[0])
+    assert abs(float(r.mean()) - 1) < 4 * float(r.std()) / math.sqrt(R)
+    m = C.weighted_mean(out)[:, 0]
+    m_em = float(gc.mean()[0])
+    u = r * (m - m_em)                       # E[u] = 0 exactly for the discretised model's conditional mean
+    se = float(u.std()) / math.sqrt(R)
+    assert abs(float(u.mean())) < 4 * se
+    m_q = float(P.exact(-0.3).mean()[0])
+    assert abs(float((r * (m - m_q)).mean())) > 10 * se
+
+
+def test_em_conditional_grid_bad_inputs():
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    path = C.context_path(P, -0.3, sch, 1, kind="fixed")
+    with pytest.raises(ValueError, match="grid"):
+        C.em_conditional_grid(P, path, sch, grid=torch.linspace(-8, 8, 9, dtype=torch.float64))
+    with pytest.raises(ValueError, match="path"):
+        C.em_conditional_grid(P, path[:, :-1], sch)
+    with pytest.raises(ValueError, match="path"):
+        C.smcdiff(P, -0.3, sch, runs=3, n=2, path=path.expand(2, -1, -1))
+    P3 = C.Inpainting(targets.GaussianMixture([1.0], [[0.0, 0.0, 0.0]], [torch.eye(3).tolist()]), [2])
+    with pytest.raises(ValueError, match="dx"):
+        C.em_conditional_grid(P3, torch.zeros(sch.T + 1, 1, dtype=torch.float64), sch)
+
+
+def test_tds_em_kernel_targets_the_discretised_model():
+    """Gaussian target: the EM model's Z_0 is Gaussian (affine steps), so p_em(y) and E_em[X_0 | y] are closed form.
+    TDS with kernel="em": Zhat unbiased for p_em(y) and Zhat * (weighted mean) for p_em(y) E_em[X_0 | y]."""
+    gauss = targets.Gaussian(torch.tensor([1.0, 0.5]), torch.tensor([[0.5, 0.3], [0.3, 0.6]]))
+    P = C.Inpainting(gauss, [1])
+    sch = schedules.ou(0.5, 4.0)
+    d, T, s_y, y = 2, sch.T, 0.3, -0.3
+    cov_t = lambda i: torch.exp(sch.lab(i)) * gauss.cov - torch.expm1(sch.lab(i)) * torch.eye(d, dtype=torch.float64)
+    c, S = torch.exp(0.5 * sch.lab(T)) * gauss.loc, cov_t(T)
+    for i in range(T, 0, -1):                       # push the Gaussian law of Z through the affine EM steps
+        e = float(-0.5 * sch.log_alpha[i])
+        Pi = torch.linalg.inv(cov_t(i))
+        A = (1 + e) * torch.eye(d, dtype=torch.float64) - 2 * e * Pi
+        c = A @ c + 2 * e * Pi @ (torch.exp(0.5 * sch.lab(i)) * gauss.loc)
+        S = A @ S @ A.T + 2 * e * torch.eye(d, dtype=torch.float64)
+    vy = float(S[1, 1]) + s_y ** 2
+    log_py = -0.5 * ((y - float(c[1])) ** 2 / vy + math.log(2 * math.pi * vy))
+    m_em = float(c[0]) + float(S[0, 1]) / vy * (y - float(c[1]))
+    R = 2000
+    out = C.tds(P, y, sch, runs=R, n=8, sigma_y=s_y, kernel="em", score=gauss.score,
+                generator=torch.Generator().manual_seed(12))
+    assert out.nfe == 3 * T
+    r = torch.exp(out.log_z - log_py)
+    assert abs(float(r.mean()) - 1) < 4 * float(r.std()) / math.sqrt(R)
+    u = r * (C.weighted_mean(out)[:, 0] - m_em)
+    assert abs(float(u.mean())) < 4 * float(u.std()) / math.sqrt(R)
+    m_q = float(C.tds_exact(P, y, s_y)[0].mean()[0])
+    assert abs(m_em - m_q) > 0.05                   # the discretised model differs from q at eps = 0.5
+    with pytest.raises(ValueError, match="score"):
+        C.tds(P, y, sch, runs=2, n=2, kernel="em")
