@@ -14,7 +14,7 @@ export OMP_NUM_THREADS := 2
 export JUPYTER_PATH    := $(CURDIR)/$(VENV)/share/jupyter
 export PATH            := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv book test browser-deps serve clean
+.PHONY: venv book test bench browser-deps serve clean
 
 venv: $(STAMP)
 
@@ -67,6 +67,13 @@ test: $(STAMP)
 	@echo "== 6/6 browser check: every page of the book in headless Chromium (MathJax, images, links, tracebacks)"
 	$(MAKE) browser-deps
 	$(BIN)/python scripts/browser_check.py
+
+# Performance: every benchmark of issue 8 in one run (several minutes on two CPU cores), then the "Performance" page
+# (book/performance.md) and its figure from the JSON, with book execution times from _build/.jupyter_cache if a book
+# was built.  BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--device cuda"` or "--threads 1 --note '...'".
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/report.py
 
 # What scripts/browser_check.py needs: Debian's chromium (never Playwright's own browser download), the
 # playwright package, and MathJax 3 from the npm registry (cached in _build/.browser-cache; the CDN is unreachable).
