@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .nets import fit
+from .nets import fit, seeded
 
 __all__ = ["SPLIT", "CLF", "SCORE", "HEADS", "T", "train_feature_classifier", "train_score", "train_digit_heads",
            "Split", "load_split", "Empirical", "Classifier", "train_classifier", "accuracy", "features",
@@ -94,12 +94,7 @@ class Classifier(nn.Module):
 
     def __init__(self, d=64, hidden=128, n_features=64, classes=10, seed=None):
         super().__init__()
-        if seed is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self._build(d, hidden, n_features, classes)
-        else:
-            self._build(d, hidden, n_features, classes)
+        seeded(lambda: self._build(d, hidden, n_features, classes), seed)
 
     def _build(self, d, hidden, n_features, classes):
         self.d, self.hidden, self.n_features, self.classes = d, hidden, n_features, classes

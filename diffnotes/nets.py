@@ -22,6 +22,16 @@ __all__ = ["EpsMLP", "NetScore", "fit", "train_dsm", "dsm_loss", "save", "load",
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "data" / "weights"
 
 
+def seeded(build, seed):
+    """Call ``build()`` (which creates parameters) under ``torch.manual_seed(seed)`` without touching the global
+    random state, so that the same seed gives the same weights in any process; ``seed=None`` calls it plainly."""
+    if seed is None:
+        return build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
 class EpsMLP(nn.Module):
     """An MLP ``(x, lab) -> eps_hat`` with Fourier features of the log-SNR ``lab - log(1 - ab)``."""
 
@@ -30,12 +40,7 @@ class EpsMLP(nn.Module):
         state (the same seed gives the same net in any process); ``None`` draws from the global generator, whose
         start-up seed differs from process to process."""
         super().__init__()
-        if seed is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self._build(d, hidden, layers, n_freq)
-        else:
-            self._build(d, hidden, layers, n_freq)
+        seeded(lambda: self._build(d, hidden, layers, n_freq), seed)
 
     def _build(self, d, hidden, layers, n_freq):
         self.d, self.hidden, self.layers, self.n_freq = d, hidden, layers, n_freq

@@ -27,14 +27,7 @@ run = _load("run")
 report = _load("report")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread in this module (tiny tensors; two OpenMP threads on a busy machine spin-wait), restored
-    afterwards for the other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 # ---- the harness ------------------------------------------------------------------------------------------------

@@ -8,13 +8,7 @@ from diffnotes import conditional as C
 from diffnotes import schedules, targets
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors and long time loops: one thread is faster on a shared CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def _mix():

@@ -13,12 +13,7 @@ from diffnotes import metrics, nets, schedules, skipstep
 W = nets.WEIGHTS_DIR
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)          # small batched linear algebra: one thread is ~10x faster on a shared machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -66,13 +66,6 @@ def test_frechet_distance_closed_form_in_1d():
 
 
 # ---- kNN entropy / KL and the kernel density estimate -------------------------------------------------------------
-@pytest.fixture(autouse=False)
-def one_thread():
-    """Small-tensor brute-force neighbour searches: one thread is faster on a busy machine; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _aniso(seed, d=4, scale=(1.0, 0.3, 0.05, 2.0)):
