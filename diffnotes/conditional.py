@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .samplers import _steps
 from .schedules import VPSchedule
 from .targets import LOG2PI, GaussianMixture, sample_mixture_rows
 
@@ -497,7 +498,7 @@ def langevin_replacement(problem, y0, schedule, *, runs, n, kernel="true", score
     path = context_path(problem, y0, sch, runs, kind=context, generator=generator)
     x = _init_x(problem, path[:, sch.T], sch.lab(sch.T), n, init, generator)
     acc, n_acc = 0.0, 0
-    for i in _steps(sch, progress, "replacement"):
+    for i in _steps(sch, 0, progress, "replacement"):
         _, (params, sampler) = _x_step(problem, kernel, score, sch, i, x, path[:, i], path[:, i - 1], False)
         x = sampler(params, generator)
         if langevin_steps and i - 1 >= langevin_stop:
@@ -565,14 +566,6 @@ def _langevin(problem, x, y, lab, score, L, step, corrector, log_prob, generator
     return x, acc / max(L, 1)
 
 
-def _steps(sch, progress, desc):
-    ts = range(sch.T, 0, -1)
-    if progress:
-        from tqdm.auto import tqdm
-        return tqdm(ts, desc=desc, leave=False)
-    return ts
-
-
 # ---- Algorithm 3: SMCDiff (bootstrap particle filter) --------------------------------------------------------
 def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, context="forward", init="exact",
             resampling="systematic", generator=None, progress=False, path=None):
@@ -599,7 +592,7 @@ def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, contex
     x = _init_x(problem, path[:, sch.T], sch.lab(sch.T), n, init, generator)
     log_z = x.new_zeros(runs)
     ess_t = []
-    for i in _steps(sch, progress, "SMCDiff"):
+    for i in _steps(sch, 0, progress, "SMCDiff"):
         log_w, (params, sampler) = _x_step(problem, kernel, score, sch, i, x, path[:, i], path[:, i - 1], True)
         log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
         ess_t.append(ess(log_w))
@@ -684,7 +677,7 @@ def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="
     log_w = log_w.reshape(runs, n)
     log_z = z.new_zeros(runs)
     ess_t = []
-    for i in _steps(sch, progress, "TDS"):
+    for i in _steps(sch, 0, progress, "TDS"):
         log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
         ess_t.append(ess(log_w))
         idx = RESAMPLERS[resampling](log_w, generator)
@@ -707,7 +700,7 @@ def reconstruction_guidance(problem, y, schedule, *, runs, n, sigma_y=0.1, infla
     sch = _check_common(problem, schedule, runs, n, "true", None)
     y = _tds_check(problem, y, sigma_y, inflate)
     z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator)
-    for i in _steps(sch, progress, "guidance"):
+    for i in _steps(sch, 0, progress, "guidance"):
         z, _ = _twisted_step(problem, sch, i, z, y, sigma_y, inflate, generator, False)
         _finite(z, "guidance", i)
     return CondSamples(z.reshape(runs, n, problem.d)[..., problem.ix], 2 * sch.T)
