@@ -7,7 +7,9 @@ For each page of ``_build/html`` (except search, genindex, ``_static``, ``_sourc
    ``$$``, ``\\[`` or ``\\(`` is left in the visible text outside code blocks;
 2. images: every ``<img>`` loaded (``complete && naturalWidth > 0``), and no local resource failed to load;
 3. links: every internal link points to an existing file, and its ``#anchor`` to an id on that page;
-4. no Python traceback on the page (error output cells, "Traceback (most recent call last)").
+4. no Python traceback on the page (error output cells, "Traceback (most recent call last)");
+5. no JavaScript error on the page (``pageerror``; sphinx-thebe's repeated inline script used to raise one on
+   every page: ``book/_ext/dedup_scripts.py`` removes the repeat).
 
 One full-page PNG per chapter page (``notebooks/*.html``) goes to ``_build/screenshots/``.
 
@@ -274,7 +276,6 @@ def main(argv=None) -> int:
 
     n_fail = n_shots = 0
     all_blocked: set[str] = set()
-    all_js_errors: dict[str, list[str]] = {}
     print(f"browser check: {len(pages)} pages of {html_root.relative_to(ROOT) if ROOT in html_root.parents else html_root}"
           f" in {args.chromium}", flush=True)
     with sync_playwright() as pw:
@@ -359,19 +360,17 @@ def main(argv=None) -> int:
                               f"{' js-errors=' + str(len(js_errors)) if js_errors else ''}{shot}")
                 else:
                     detail = ""
+                for e in dict.fromkeys(js_errors):      # a script error on a page is a defect of the book
+                    problems.append(f"JS error: {e}")
                 status = "FAIL" if problems else "ok  "
                 n_fail += bool(problems)
                 print(f"  {status} {rel:<40} {detail} ({time.monotonic() - t:.1f}s)", flush=True)
                 for p in problems:
                     print(f"         - {p}", flush=True)
-                for e in dict.fromkeys(js_errors):  # reported, not failed: the theme's own scripts raise some
-                    all_js_errors.setdefault(e, []).append(rel)
         finally:
             ctx.close()
             server.shutdown()
             shutil.rmtree(profile, ignore_errors=True)
-    for e, where in all_js_errors.items():
-        print(f"  note (not a failure): JS error on {len(where)} page(s), e.g. {where[0]}: {e}")
     if all_blocked:
         print(f"  note: external requests aborted (no network here): {', '.join(sorted(all_blocked))}")
     total = time.monotonic() - t0
