@@ -22,7 +22,7 @@ import torch
 
 from .targets import DiagonalGaussian, Gaussian
 
-__all__ = ["kl_gaussian", "hellinger_gaussian", "tv_grid", "kl_grid", "kl_mc", "fit_slope", "SlopeFit",
+__all__ = ["kl_gaussian", "kl_gaussian_or_inf", "hellinger_gaussian", "tv_grid", "kl_grid", "kl_mc", "fit_slope", "SlopeFit",
            "frechet_distance", "grid", "knn_entropy", "kl_knn", "kde_logpdf", "kl_kde"]
 
 
@@ -55,7 +55,6 @@ def kl_gaussian(p, q):
     return 0.5 * ((W ** 2).sum() + (z ** 2).sum() - mp.numel() + logdet)
 
 
-
 def kl_gaussian_or_inf(p, q, rtol=1e-12):
     """``KL(p || q)`` of two Gaussians, ``inf`` when either covariance is singular (smallest eigenvalue below
     ``rtol`` times the largest variance): then one law has no density and is not absolutely continuous with
@@ -66,6 +65,7 @@ def kl_gaussian_or_inf(p, q, rtol=1e-12):
         if float(torch.linalg.eigvalsh(C).min()) < rtol * float(C.diagonal().max()):
             return math.inf
     return float(kl_gaussian(p, q))
+
 
 def hellinger_gaussian(p, q):
     """Hellinger distance ``H`` with ``H^2 = 1 - BC(p, q)`` (Bhattacharyya coefficient), so that

@@ -261,15 +261,9 @@ def kl_to_sampler_mc(target, score, schedule, *, n_sampler, n_eval, generator=No
     Returns ``(kl, standard error over target draws, shift)`` where ``shift`` is the estimate with half the runs
     minus the estimate with all of them: the log of a Monte Carlo mean is biased low (Jensen), so ``kl`` is
     biased high, by about ``shift`` (the bias of a ratio estimator halves when M doubles)."""
-    d = target.d
-    x1 = sample(score, n_sampler, d, schedule, generator=generator, stop=1).x
-    beta1, alpha1, lab1 = schedule.beta[1], schedule.alpha[1], schedule.log_alphabar[1]
-    mean1 = (x1 + beta1 * score(x1, lab1)) / alpha1.sqrt()
-    xe = target.sample(n_eval, generator=generator)
-    lt = target.log_prob(xe)
-    r_all = lt - last_kernel_logdensity(xe, mean1, beta1 / alpha1)
-    r_half = lt - last_kernel_logdensity(xe, mean1[: n_sampler // 2], beta1 / alpha1)
-    return r_all.mean(), r_all.std() / math.sqrt(n_eval), r_half.mean() - r_all.mean()
+    x1 = sample(score, n_sampler, target.d, schedule, generator=generator, stop=1).x
+    mean1, var1 = _last_step(score, x1, schedule)
+    return kl_last_kernel(target, mean1, var1, n_eval, generator=generator)
 
 
 def moment_kl(target, x, *, n_batches=20):
@@ -289,6 +283,13 @@ def moment_kl(target, x, *, n_batches=20):
 
 
 # ---- the sampler's output with its (exactly Gaussian) last kernel ------------------------------------------------
+def _last_step(score, x1, schedule):
+    """The last step's Gaussian kernel at ``x_1``: mean ``(x_1 + beta_1 g_1(x_1)) / sqrt(alpha_1)`` and variance
+    ``beta_1 / alpha_1`` (one score evaluation)."""
+    beta1, alpha1, lab1 = schedule.beta[1], schedule.alpha[1], schedule.log_alphabar[1]
+    return (x1 + beta1 * score(x1, lab1)) / alpha1.sqrt(), float(beta1 / alpha1)
+
+
 def sample_last_kernel(score, n, d, schedule, *, generator=None, device="cpu", progress=False):
     """``n`` runs of 000's sampler kept at ``t = 1``: returns ``(x0, mean1, var1, nfe)`` where ``mean1`` is the
     last step's mean ``(x_1 + beta_1 g_1(x_1)) / sqrt(alpha_1)``, ``var1 = beta_1 / alpha_1`` its noise
@@ -296,10 +297,7 @@ def sample_last_kernel(score, n, d, schedule, *, generator=None, device="cpu", p
     ``(1/n) sum_j N(mean1_j, var1 I)`` in expectation: it has a density, so ``KL`` in either direction against
     a density is finite."""
     out = sample(score, n, d, schedule, generator=generator, device=device, stop=1, progress=progress)
-    x1 = out.x
-    beta1, alpha1, lab1 = schedule.beta[1], schedule.alpha[1], schedule.log_alphabar[1]
-    mean1 = (x1 + beta1 * score(x1, lab1)) / alpha1.sqrt()
-    var1 = float(beta1 / alpha1)
+    mean1, var1 = _last_step(score, out.x, schedule)
     x0 = mean1 + math.sqrt(var1) * torch.randn(mean1.shape, dtype=mean1.dtype, device=mean1.device,
                                                 generator=generator)
     return x0, mean1, var1, out.nfe + 1
