@@ -332,7 +332,7 @@ def em_conditional_grid(problem, path, schedule, *, score=None, grid=None, init=
         for i in range(sch.T, 0, -1):
             e = _eps(sch, i)
             z = problem.join(grid[None, :, None].expand(Pc, G, 1), path_c[:, i, None, :]).reshape(Pc * G, problem.d)
-            mean = (z + e * (z + 2 * score(z, sch.lab(i)))).reshape(Pc, G, problem.d)
+            mean = _em_mean(z, score, sch.lab(i), e).reshape(Pc, G, problem.d)
             lw = _gauss_logpdf(path_c[:, i - 1, None, :], mean[..., problem.iy], 2 * e)            # (Pc, G)
             lj = la + lw + logh                                        # log of h a_t(x_j) w_j
             lc = torch.logsumexp(lj, -1)                                 # log predictive of Y_s
@@ -345,6 +345,11 @@ def em_conditional_grid(problem, path, schedule, *, score=None, grid=None, init=
         outs_p.append(la)
         outs_l.append(log_lik)
     return GridConditional(grid, torch.cat(outs_p), torch.cat(outs_l))
+
+
+def _em_mean(z, score, lab, e):
+    """Mean of the corrected Euler-Maruyama backward kernel, ``z + eps (z + 2 score(z))`` (errata (d))."""
+    return z + e * (z + 2 * score(z, lab))
 
 
 def _gauss1(x, mean, var):
@@ -378,7 +383,7 @@ def _x_step(problem, kernel, score, schedule, i, x, y_t, y_s, condition):
     z = problem.join(x, y_t[:, None, :]).reshape(R * N, problem.d)
     if kernel == "em":
         e = _eps(schedule, i)
-        mean = (z + e * (z + 2 * score(z, schedule.lab(i)))).reshape(R, N, problem.d)
+        mean = _em_mean(z, score, schedule.lab(i), e).reshape(R, N, problem.d)
         log_w = _gauss_logpdf(y_s[:, None, :], mean[..., problem.iy], 2 * e)
         return log_w, ((mean[..., problem.ix],), _EmSampler(2 * e))
     w, means, covs = problem.mix.reverse_kernel(z, schedule.lab(i), schedule.lab(i - 1))
@@ -637,7 +642,7 @@ def _twisted_step(problem, sch, i, z, y, sigma_y, inflate, generator, weights, k
     lp_t, g = _twist(problem, z, sch.lab(i), y, sigma_y, inflate)
     if kernel == "em":
         e = _eps(sch, i)
-        mean = z + e * (z + 2 * score(z, sch.lab(i)))
+        mean = _em_mean(z, score, sch.lab(i), e)
         prop = mean + 2 * e * g
         z_new = prop + math.sqrt(2 * e) * _randn(z.shape, z, generator)
         if not weights:
