@@ -36,7 +36,7 @@ import torch
 
 from .samplers import _steps
 from .schedules import VPSchedule
-from .targets import LOG2PI, GaussianMixture, sample_mixture_rows
+from .targets import LOG2PI, GaussianMixture, logsumexp_last, sample_mixture_rows, softmax_last, sum_last
 
 __all__ = ["Inpainting", "CondSamples", "context_path", "context_log_likelihood", "replacement",
            "langevin_replacement", "smcdiff", "tds", "reconstruction_guidance", "resample_multinomial",
@@ -160,14 +160,14 @@ def _condition_rows(logw, means, covs, ix, iy, y):
     mx = means[:, :, ix] + torch.einsum("kab,mkb->mka", Sxy, a)
     Cx = Sxx - Sxy @ P @ Sxy.transpose(1, 2)
     half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-    ll = logw - 0.5 * (r * a).sum(-1) - half_logdet - 0.5 * iy.numel() * LOG2PI
-    log_py = torch.logsumexp(ll, -1)
+    ll = logw - 0.5 * sum_last(r * a) - half_logdet - 0.5 * iy.numel() * LOG2PI
+    log_py = logsumexp_last(ll)
     return log_py, ll - log_py[:, None], mx, 0.5 * (Cx + Cx.transpose(1, 2))
 
 
 def _sample_rows(logw, means, covs, generator):
     """One draw per row of per-row mixtures ``(log w (m,K), means (m,K,d), covs (K,d,d))``."""
-    return sample_mixture_rows(torch.softmax(logw, -1), means, covs, generator=generator)
+    return sample_mixture_rows(softmax_last(logw), means, covs, generator=generator)
 
 
 def _mix_logpdf(z, logw, means, covs):
@@ -177,12 +177,12 @@ def _mix_logpdf(z, logw, means, covs):
     r = z[:, None, :] - means
     quad = torch.einsum("mka,kab,mkb->mk", r, P, r)
     half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-    return torch.logsumexp(logw - 0.5 * quad - half_logdet - 0.5 * z.shape[-1] * LOG2PI, -1)
+    return logsumexp_last(logw - 0.5 * quad - half_logdet - 0.5 * z.shape[-1] * LOG2PI)
 
 
 def _gauss_logpdf(x, mean, var):
     """``log N(x; mean, var I)`` summed over the last axis (``var`` a scalar)."""
-    return -0.5 * (((x - mean) ** 2).sum(-1) / var + x.shape[-1] * (math.log(var) + LOG2PI))
+    return -0.5 * (sum_last((x - mean) ** 2) / var + x.shape[-1] * (math.log(var) + LOG2PI))
 
 
 def _eps(schedule, i):
@@ -611,17 +611,16 @@ def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, contex
 def _twist(problem, z, lab, y, sigma_y, inflate):
     """Twisting function ``log p~_t(y | z) = log N(y; xhat0(z)_Y, (sigma_y^2 + inflate (1 - ab_t)) I)`` and its
     gradient in ``z``, with Tweedie's ``xhat0 = (z + (1 - ab) s) / sqrt(ab)`` and
-    ``d xhat0 / dz = (I + (1 - ab) grad s) / sqrt(ab)`` (exact score and Jacobian of the mixture)."""
+    ``d xhat0 / dz = (I + (1 - ab) grad s) / sqrt(ab)`` (exact score and Jacobian of the mixture, one pass)."""
     lab = torch.as_tensor(lab, dtype=torch.float64)
     sab, omab = torch.exp(0.5 * lab), -torch.expm1(lab)
-    s = problem.mix.score(z, lab)
-    Hs = problem.mix.score_jacobian(z, lab)
-    xhat = (z + omab * s) / sab
-    J = (torch.eye(problem.d, dtype=z.dtype, device=z.device) + omab * Hs) / sab
+    s, Hs = problem.mix.score_and_jacobian(z, lab)
+    xhat_y = (z[:, problem.iy] + omab * s[:, problem.iy]) / sab
+    J_y = (torch.eye(problem.d, dtype=z.dtype, device=z.device)[problem.iy] + omab * Hs[:, problem.iy, :]) / sab
     var = sigma_y ** 2 + inflate * float(omab)
-    r = y - xhat[:, problem.iy]
-    logp = _gauss_logpdf(y.expand_as(r), xhat[:, problem.iy], var)
-    grad = torch.einsum("myd,my->md", J[:, problem.iy, :], r) / var
+    r = y - xhat_y
+    logp = _gauss_logpdf(y.expand_as(r), xhat_y, var)
+    grad = torch.einsum("myd,my->md", J_y, r) / var
     return logp, grad
 
 
@@ -633,31 +632,34 @@ def _tds_check(problem, y, sigma_y, inflate):
     return problem.y0_vector(y)
 
 
-def _twisted_step(problem, sch, i, z, y, sigma_y, inflate, generator, weights, kernel="true", score=None):
+def _twisted_step(problem, sch, i, z, twist_t, y, sigma_y, inflate, generator, weights, kernel="true", score=None):
     """One twisted move ``Z_s ~ sum_k w_k N(m_k + C_k g, C_k)`` from the exact kernel's components shifted by
-    ``C_k g``, ``g = grad log p~_t(y | Z_t)``; with ``weights``, also the TDS incremental log-weight
-    ``log [p(Z_s | Z_t) p~_s(y | Z_s) / (proposal(Z_s) p~_t(y | Z_t))]``.  With ``kernel="em"`` the base kernel is
+    ``C_k g``, ``g = grad log p~_t(y | Z_t)``, where ``twist_t = (log p~_t(y | Z_t), g)`` (:func:`_twist` at step
+    ``i``); with ``weights``, also the TDS incremental log-weight
+    ``log [p(Z_s | Z_t) p~_s(y | Z_s) / (proposal(Z_s) p~_t(y | Z_t))]`` and the twist at ``(Z_s, s)``, which the
+    next step reuses (each twist is evaluated once per particle and step).  With ``kernel="em"`` the base kernel is
     the corrected EM kernel ``N(m, 2 eps I)``, ``m = Z_t + eps (Z_t + 2 score(Z_t))``, and the proposal
-    ``N(m + 2 eps g, 2 eps I)``."""
-    lp_t, g = _twist(problem, z, sch.lab(i), y, sigma_y, inflate)
+    ``N(m + 2 eps g, 2 eps I)``.  Returns ``(Z_s, log-weight or None, twist at Z_s or None)``."""
+    lp_t, g = twist_t
     if kernel == "em":
         e = _eps(sch, i)
         mean = _em_mean(z, score, sch.lab(i), e)
         prop = mean + 2 * e * g
         z_new = prop + math.sqrt(2 * e) * _randn(z.shape, z, generator)
         if not weights:
-            return z_new, None
-        lp_s, _ = _twist(problem, z_new, sch.lab(i - 1), y, sigma_y, inflate)
-        return z_new, _gauss_logpdf(z_new, mean, 2 * e) + lp_s - _gauss_logpdf(z_new, prop, 2 * e) - lp_t
+            return z_new, None, None
+        twist_s = _twist(problem, z_new, sch.lab(i - 1), y, sigma_y, inflate)
+        return z_new, _gauss_logpdf(z_new, mean, 2 * e) + twist_s[0] - _gauss_logpdf(z_new, prop, 2 * e) - lp_t, \
+            twist_s
     w, means, covs = problem.mix.reverse_kernel(z, sch.lab(i), sch.lab(i - 1))
     logw = torch.log(w)
     shifted = means + torch.einsum("kde,me->mkd", covs, g)
     z_new = _sample_rows(logw, shifted, covs, generator)
     if not weights:
-        return z_new, None
-    lp_s, _ = _twist(problem, z_new, sch.lab(i - 1), y, sigma_y, inflate)
-    inc = _mix_logpdf(z_new, logw, means, covs) + lp_s - _mix_logpdf(z_new, logw, shifted, covs) - lp_t
-    return z_new, inc
+        return z_new, None, None
+    twist_s = _twist(problem, z_new, sch.lab(i - 1), y, sigma_y, inflate)
+    inc = _mix_logpdf(z_new, logw, means, covs) + twist_s[0] - _mix_logpdf(z_new, logw, shifted, covs) - lp_t
+    return z_new, inc, twist_s
 
 
 def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="systematic", generator=None,
@@ -678,17 +680,18 @@ def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="
     if resampling not in RESAMPLERS:
         raise ValueError(f"resampling must be one of {tuple(RESAMPLERS)}, got {resampling!r}")
     z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator)
-    log_w, _ = _twist(problem, z, sch.lab(sch.T), y, sigma_y, inflate)
-    log_w = log_w.reshape(runs, n)
+    lp, g = _twist(problem, z, sch.lab(sch.T), y, sigma_y, inflate)
+    log_w = lp.reshape(runs, n)
     log_z = z.new_zeros(runs)
     ess_t = []
     for i in _steps(sch, 0, progress, "TDS"):
         log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
         ess_t.append(ess(log_w))
         idx = RESAMPLERS[resampling](log_w, generator)
-        (z,) = _gather((z.reshape(runs, n, problem.d),), idx)
-        z, inc = _twisted_step(problem, sch, i, z.reshape(runs * n, problem.d), y, sigma_y, inflate, generator,
-                               True, kernel, score)
+        z, lp, g = (v.reshape(runs * n, *v.shape[2:]) for v in
+                    _gather((z.reshape(runs, n, problem.d), lp.reshape(runs, n), g.reshape(runs, n, problem.d)), idx))
+        z, inc, (lp, g) = _twisted_step(problem, sch, i, z, (lp, g), y, sigma_y, inflate, generator, True, kernel,
+                                        score)
         log_w = inc.reshape(runs, n)
         _finite(z, "tds", i)
     log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
@@ -706,7 +709,8 @@ def reconstruction_guidance(problem, y, schedule, *, runs, n, sigma_y=0.1, infla
     y = _tds_check(problem, y, sigma_y, inflate)
     z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator)
     for i in _steps(sch, 0, progress, "guidance"):
-        z, _ = _twisted_step(problem, sch, i, z, y, sigma_y, inflate, generator, False)
+        twist = _twist(problem, z, sch.lab(i), y, sigma_y, inflate)
+        z, _, _ = _twisted_step(problem, sch, i, z, twist, y, sigma_y, inflate, generator, False)
         _finite(z, "guidance", i)
     return CondSamples(z.reshape(runs, n, problem.d)[..., problem.ix], 2 * sch.T)
 

@@ -117,7 +117,8 @@ class VPSchedule:
 
     def to(self, device):
         out = object.__new__(VPSchedule)
-        out.__dict__.update({k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()})
+        out.__dict__.update({k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()
+                             if k != "_sampler_tables"})          # samplers' cached coefficients (device-bound)
         return out
 
     def __repr__(self):

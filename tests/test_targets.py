@@ -106,3 +106,68 @@ def test_bad_shapes_raise():
         mix.score(torch.zeros(4, 2))
     with pytest.raises(ValueError, match="lab"):
         mix.score(torch.zeros(4, 3), 0.5)
+
+
+# ---- the short-last-axis reductions and the categorical draw (the fast CPU paths of targets) -------------------
+def test_short_last_axis_reductions_match_torch():
+    g = torch.Generator().manual_seed(3)
+    for K in (1, 2, 3, 5, 8):
+        x = 30 * torch.randn(4000, K, generator=g)
+        assert tg._short_last(x) or K == 1                   # the fast path is the one under test
+        assert torch.allclose(tg.sum_last(x), x.sum(-1), rtol=1e-14, atol=1e-12)
+        assert torch.allclose(tg.softmax_last(x), torch.softmax(x, -1), rtol=1e-13, atol=1e-300)
+        assert torch.allclose(tg.logsumexp_last(x), torch.logsumexp(x, -1), rtol=1e-14, atol=1e-12)
+    x = torch.randn(3000, 3, generator=g)
+    x[0] = float("-inf")
+    x[1, 2] = float("inf")
+    x[2, 1] = float("nan")
+    out, ref = tg.logsumexp_last(x), torch.logsumexp(x, -1)
+    assert out[0] == ref[0] == float("-inf") and out[1] == ref[1] == float("inf")
+    assert torch.isnan(out[2]) and torch.isnan(ref[2])
+    assert torch.equal(out[3:], out[3:]) and torch.allclose(out[3:], ref[3:], rtol=1e-14)
+    # autograd through the fast path (MALA and the tests differentiate log_prob)
+    xr = torch.randn(3000, 3, generator=g, requires_grad=True)
+    (ga,) = torch.autograd.grad(tg.logsumexp_last(xr).sum(), xr)
+    assert torch.allclose(ga, torch.softmax(xr.detach(), -1), rtol=1e-13)
+
+
+def test_fast_paths_give_the_small_batch_numbers():
+    """Score, log-density, Jacobian and reverse kernel of 6000 points (fast reductions) equal those computed in
+    chunks of 100 points (torch's own reductions) to rounding."""
+    mix = _mixture(d=2, K=3)
+    x = 2 * torch.randn(6000, 2, generator=torch.Generator().manual_seed(4))
+    lab = torch.tensor(-0.7)
+    chunks = lambda f: torch.cat([f(c) for c in x.split(100)])
+    for f in (lambda z: mix.score(z, lab), lambda z: mix.log_prob(z, lab), lambda z: mix.score_jacobian(z, lab),
+              lambda z: mix.reverse_kernel(z, lab, -0.2)[1], lambda z: mix.responsibilities(z, lab)):
+        assert torch.allclose(f(x), chunks(f), rtol=1e-12, atol=1e-12)
+    s, H = mix.score_and_jacobian(x, lab)
+    assert torch.allclose(s, mix.score(x, lab), rtol=1e-12, atol=1e-12)
+    assert torch.equal(H, mix.score_jacobian(x, lab))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_categorical_rows_is_torch_multinomial(seed):
+    """Same indices as torch.multinomial(w, 1) and the same generator state afterwards (float64, CPU); a zero
+    weight is never drawn; bad weights raise."""
+    w = torch.rand(5000, 4, generator=torch.Generator().manual_seed(10 + seed))
+    w[::3, 1] = 0.0
+    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    ref = torch.multinomial(w, 1, generator=g1)[:, 0]
+    out = tg.categorical_rows(w, g2)
+    assert torch.equal(out, ref)
+    assert not (out[::3] == 1).any()
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+    # frequencies: each column of a fixed weight row within 5 standard errors
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    k = tg.categorical_rows(p.expand(20000, 4), torch.Generator().manual_seed(seed))
+    freq = torch.bincount(k, minlength=4) / 20000.0
+    assert ((freq - p).abs() < 5 * (p * (1 - p) / 20000).sqrt()).all()
+    bad = w.clone()
+    bad[7, 0] = -1.0
+    with pytest.raises(ValueError, match="w must be"):
+        tg.categorical_rows(bad, g2)
+    bad = w.clone()
+    bad[7] = 0.0
+    with pytest.raises(ValueError, match="w must be"):
+        tg.categorical_rows(bad, g2)
