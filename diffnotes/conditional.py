@@ -36,7 +36,8 @@ import torch
 
 from .samplers import _steps
 from .schedules import VPSchedule
-from .targets import LOG2PI, GaussianMixture, logsumexp_last, sample_mixture_rows, softmax_last, sum_last
+from .targets import (LOG2PI, GaussianMixture, logsumexp_last, sample_mixture_cols, sample_mixture_rows, softmax_last,
+                      sum_last)
 
 __all__ = ["Inpainting", "CondSamples", "context_path", "context_log_likelihood", "replacement",
            "langevin_replacement", "smcdiff", "tds", "reconstruction_guidance", "resample_multinomial",
@@ -170,14 +171,14 @@ def _sample_rows(logw, means, covs, generator):
     return sample_mixture_rows(softmax_last(logw), means, covs, generator=generator)
 
 
-def _mix_logpdf(z, logw, means, covs):
-    """``log sum_k w_k N(z; means_k, covs_k)`` per row: z (m,d), log w (m,K), means (m,K,d), covs (K,d,d)."""
+def _mix_terms_cols(z, logw, means, covs):
+    """``log w_k + log N(z; means_k, covs_k)`` per component and point ``(K, m)``, points last: z (d, m),
+    log w (K, m), means (K, d, m), covs (K, d, d)."""
     L = torch.linalg.cholesky(covs)
-    P = torch.cholesky_inverse(L)
-    r = z[:, None, :] - means
-    quad = torch.einsum("mka,kab,mkb->mk", r, P, r)
+    r = z[None] - means
+    quad = (r * torch.matmul(torch.cholesky_inverse(L), r)).sum(1)
     half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-    return logsumexp_last(logw - 0.5 * quad - half_logdet - 0.5 * z.shape[-1] * LOG2PI)
+    return logw - 0.5 * quad - (half_logdet + 0.5 * z.shape[0] * LOG2PI)[:, None]
 
 
 def _gauss_logpdf(x, mean, var):
@@ -611,17 +612,18 @@ def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, contex
 def _twist(problem, z, lab, y, sigma_y, inflate):
     """Twisting function ``log p~_t(y | z) = log N(y; xhat0(z)_Y, (sigma_y^2 + inflate (1 - ab_t)) I)`` and its
     gradient in ``z``, with Tweedie's ``xhat0 = (z + (1 - ab) s) / sqrt(ab)`` and
-    ``d xhat0 / dz = (I + (1 - ab) grad s) / sqrt(ab)`` (exact score and Jacobian of the mixture, one pass)."""
+    ``d xhat0 / dz = (I + (1 - ab) grad s) / sqrt(ab)`` (exact score and Jacobian rows of the mixture, one pass).
+    Particles are columns, ``z (d, m)`` (as in :func:`tds`): returns ``(log p~ (m,), gradient (d, m))``."""
     lab = torch.as_tensor(lab, dtype=torch.float64)
     sab, omab = torch.exp(0.5 * lab), -torch.expm1(lab)
-    s, Hs = problem.mix.score_and_jacobian(z, lab)
-    xhat_y = (z[:, problem.iy] + omab * s[:, problem.iy]) / sab
-    J_y = (torch.eye(problem.d, dtype=z.dtype, device=z.device)[problem.iy] + omab * Hs[:, problem.iy, :]) / sab
+    iy = problem.iy
+    s, H_y = problem.mix._score_and_jacobian_cols(z.T, lab, rows=iy)           # (d, m), (dy, d, m)
+    xhat_y = (z[iy] + omab * s[iy]) / sab
+    J_y = (torch.eye(problem.d, dtype=z.dtype, device=z.device)[iy][:, :, None] + omab * H_y) / sab
     var = sigma_y ** 2 + inflate * float(omab)
-    r = y - xhat_y
-    logp = _gauss_logpdf(y.expand_as(r), xhat_y, var)
-    grad = torch.einsum("myd,my->md", J_y, r) / var
-    return logp, grad
+    r = y[:, None] - xhat_y
+    logp = -0.5 * ((r ** 2).sum(0) / var + problem.dy * (math.log(var) + LOG2PI))
+    return logp, (J_y * r[:, None, :]).sum(0) / var
 
 
 def _tds_check(problem, y, sigma_y, inflate):
@@ -639,27 +641,29 @@ def _twisted_step(problem, sch, i, z, twist_t, y, sigma_y, inflate, generator, w
     ``log [p(Z_s | Z_t) p~_s(y | Z_s) / (proposal(Z_s) p~_t(y | Z_t))]`` and the twist at ``(Z_s, s)``, which the
     next step reuses (each twist is evaluated once per particle and step).  With ``kernel="em"`` the base kernel is
     the corrected EM kernel ``N(m, 2 eps I)``, ``m = Z_t + eps (Z_t + 2 score(Z_t))``, and the proposal
-    ``N(m + 2 eps g, 2 eps I)``.  Returns ``(Z_s, log-weight or None, twist at Z_s or None)``."""
+    ``N(m + 2 eps g, 2 eps I)``.  Particles are columns, ``z (d, m)``; returns
+    ``(Z_s, log-weight or None, twist at Z_s or None)``."""
     lp_t, g = twist_t
     if kernel == "em":
         e = _eps(sch, i)
-        mean = _em_mean(z, score, sch.lab(i), e)
+        mean = _em_mean(z.T, score, sch.lab(i), e).T
         prop = mean + 2 * e * g
-        z_new = prop + math.sqrt(2 * e) * _randn(z.shape, z, generator)
+        z_new = prop + math.sqrt(2 * e) * _randn(z.T.shape, z, generator).T
         if not weights:
             return z_new, None, None
         twist_s = _twist(problem, z_new, sch.lab(i - 1), y, sigma_y, inflate)
-        return z_new, _gauss_logpdf(z_new, mean, 2 * e) + twist_s[0] - _gauss_logpdf(z_new, prop, 2 * e) - lp_t, \
-            twist_s
-    w, means, covs = problem.mix.reverse_kernel(z, sch.lab(i), sch.lab(i - 1))
-    logw = torch.log(w)
-    shifted = means + torch.einsum("kde,me->mkd", covs, g)
-    z_new = _sample_rows(logw, shifted, covs, generator)
+        log_w = _gauss_logpdf(z_new.T, mean.T, 2 * e) - _gauss_logpdf(z_new.T, prop.T, 2 * e)
+        return z_new, log_w + twist_s[0] - lp_t, twist_s
+    w, means, covs = problem.mix._reverse_kernel_cols(z.T, sch.lab(i), sch.lab(i - 1))     # (K, m), (K, d, m)
+    Cg = torch.matmul(covs, g)
+    z_new = sample_mixture_cols(w, means + Cg, covs, generator=generator)
     if not weights:
         return z_new, None, None
     twist_s = _twist(problem, z_new, sch.lab(i - 1), y, sigma_y, inflate)
-    inc = _mix_logpdf(z_new, logw, means, covs) + twist_s[0] - _mix_logpdf(z_new, logw, shifted, covs) - lp_t
-    return z_new, inc, twist_s
+    base = _mix_terms_cols(z_new, torch.log(w), means, covs)
+    # the proposal's components: N(z; m_k + C_k g, C_k) = N(z; m_k, C_k) exp(g.(z - m_k - C_k g / 2)), C_k symmetric
+    prop = base + (g[None] * (z_new[None] - means - 0.5 * Cg)).sum(1)
+    return z_new, torch.logsumexp(base, 0) + twist_s[0] - torch.logsumexp(prop, 0) - lp_t, twist_s
 
 
 def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="systematic", generator=None,
@@ -679,23 +683,23 @@ def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="
     y = _tds_check(problem, y, sigma_y, inflate)
     if resampling not in RESAMPLERS:
         raise ValueError(f"resampling must be one of {tuple(RESAMPLERS)}, got {resampling!r}")
-    z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator)
+    # particles as columns (d, runs n): elementwise work then runs along the particles (see targets.GaussianMixture._z)
+    z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator).T.contiguous()
     lp, g = _twist(problem, z, sch.lab(sch.T), y, sigma_y, inflate)
     log_w = lp.reshape(runs, n)
     log_z = z.new_zeros(runs)
+    offset = n * torch.arange(runs, device=z.device)[:, None]
     ess_t = []
     for i in _steps(sch, 0, progress, "TDS"):
         log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
         ess_t.append(ess(log_w))
-        idx = RESAMPLERS[resampling](log_w, generator)
-        z, lp, g = (v.reshape(runs * n, *v.shape[2:]) for v in
-                    _gather((z.reshape(runs, n, problem.d), lp.reshape(runs, n), g.reshape(runs, n, problem.d)), idx))
-        z, inc, (lp, g) = _twisted_step(problem, sch, i, z, (lp, g), y, sigma_y, inflate, generator, True, kernel,
-                                        score)
+        idx = (RESAMPLERS[resampling](log_w, generator) + offset).reshape(-1)
+        z, inc, (lp, g) = _twisted_step(problem, sch, i, z[:, idx], (lp[idx], g[:, idx]), y, sigma_y, inflate,
+                                        generator, True, kernel, score)
         log_w = inc.reshape(runs, n)
         _finite(z, "tds", i)
     log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
-    x = z.reshape(runs, n, problem.d)[..., problem.ix]
+    x = z[problem.ix].T.reshape(runs, n, problem.dx)
     return CondSamples(x, (3 if kernel == "em" else 2) * sch.T, log_w=torch.log_softmax(log_w, -1), log_z=log_z,
                        ess=torch.stack(ess_t, 1))
 
@@ -707,12 +711,12 @@ def reconstruction_guidance(problem, y, schedule, *, runs, n, sigma_y=0.1, infla
     not ``q(Z_0 | y)`` whatever ``n``."""
     sch = _check_common(problem, schedule, runs, n, "true", None)
     y = _tds_check(problem, y, sigma_y, inflate)
-    z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator)
+    z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator).T.contiguous()      # (d, m)
     for i in _steps(sch, 0, progress, "guidance"):
         twist = _twist(problem, z, sch.lab(i), y, sigma_y, inflate)
         z, _, _ = _twisted_step(problem, sch, i, z, twist, y, sigma_y, inflate, generator, False)
         _finite(z, "guidance", i)
-    return CondSamples(z.reshape(runs, n, problem.d)[..., problem.ix], 2 * sch.T)
+    return CondSamples(z[problem.ix].T.reshape(runs, n, problem.dx), 2 * sch.T)
 
 
 def tds_exact(problem, y, sigma_y):

@@ -165,49 +165,65 @@ class GaussianMixture:
         return sab, sab ** 2 * self.lam + omab
 
     def _z(self, x, lab):
-        """Coordinates of ``x - sqrt(alphabar) m_k`` in the eigenbasis of component k: ``(n, K, d)``."""
+        """Coordinates of ``x - sqrt(alphabar) m_k`` in the eigenbasis of component k, component-major:
+        ``z (K, d, n)``, and the eigenvalues ``v (K, d)``.  The points run along the last (contiguous) axis, so
+        that elementwise work and sums over components or coordinates are long vector loops; with the points
+        first and a short last axis (K or d of a few), torch's CPU kernels run 5-20x slower per element."""
         _check_points(x, self.d)
         sab, v = self._v(lab)
-        z = (x @ self._Ucat).view(x.shape[0], self.K, self.d) - sab * self._mU
+        z = (self._Ucat.T @ x.T).view(self.K, self.d, x.shape[0]) - (sab * self._mU)[:, :, None]
         return z, v
+
+    def _terms(self, z, zv, v):
+        """``log w_k + log N(x; sqrt(ab) m_k, ab Sigma_k + (1 - ab) I)`` from :meth:`_z`, ``zv = z / v``: ``(K, n)``."""
+        const = self.log_weights - 0.5 * (torch.log(v).sum(-1) + self.d * LOG2PI)
+        return const[:, None] - 0.5 * (z * zv).sum(1)
+
+    def _parts(self, x, lab):
+        """``(z, zv = z / v, v, responsibilities (K, n))`` at ``x``."""
+        z, v = self._z(x, lab)
+        zv = z / v[:, :, None]
+        return z, zv, v, torch.softmax(self._terms(z, zv, v), 0)
 
     def component_log_prob(self, x, lab=0.0):
         """``log w_k + log N(x; sqrt(ab) m_k, ab Sigma_k + (1 - ab) I)``: ``(n, K)``."""
         z, v = self._z(x, lab)
-        quad = sum_last(z ** 2 / v)
-        logdet = torch.log(v).sum(-1)
-        return self.log_weights - 0.5 * (quad + logdet + self.d * LOG2PI)
+        return self._terms(z, z / v[:, :, None], v).T.contiguous()
 
     def log_prob(self, x, lab=0.0):
-        return logsumexp_last(self.component_log_prob(x, lab))
+        z, v = self._z(x, lab)
+        return torch.logsumexp(self._terms(z, z / v[:, :, None], v), 0)
 
     def responsibilities(self, x, lab=0.0):
         """Posterior component probabilities ``P(k | x_t = x)``: ``(n, K)``."""
-        return softmax_last(self.component_log_prob(x, lab))
-
-    def _component_scores(self, x, lab):
-        z, v = self._z(x, lab)
-        g = -torch.einsum("kde,nke->nkd", self.U, z / v)       # -C_k^{-1} (x - mu_k)
-        r = softmax_last(self.log_weights - 0.5 * (sum_last(z ** 2 / v) + torch.log(v).sum(-1)))
-        return r, g, v
+        return self._parts(x, lab)[3].T.contiguous()
 
     def score(self, x, lab=0.0):
         """``grad_x log q_t(x) = -sum_k r_k(x) U_k diag(1 / v_k) U_k^T (x - mu_k)``: ``(n, d)``."""
-        z, v = self._z(x, lab)
-        zv = z / v
-        r = softmax_last(self.log_weights - 0.5 * (sum_last(z * zv) + torch.log(v).sum(-1)))
-        return -((r[:, :, None] * zv).reshape(x.shape[0], -1) @ self._Ucat.T)
+        _, zv, _, r = self._parts(x, lab)
+        return -((r[:, None, :] * zv).view(self.K * self.d, x.shape[0]).T @ self._Ucat.T)
 
     def score_and_jacobian(self, x, lab=0.0):
         """The score ``s (n, d)`` and the Hessian of ``log q_t`` ``(n, d, d)`` (symmetric) in one pass:
 
-        ``s = sum_k r_k g_k`` and ``H = sum_k r_k (-C_k^{-1}) + sum_k r_k g_k g_k^T - s s^T``, ``g_k`` the component
-        scores and ``r_k`` the responsibilities."""
-        r, g, v = self._component_scores(x, lab)
-        prec = torch.einsum("kde,ke,kfe->kdf", self.U, 1.0 / v, self.U)
-        s = torch.einsum("nk,nkd->nd", r, g)
-        H = -torch.einsum("nk,kdf->ndf", r, prec) + torch.einsum("nk,nkd,nkf->ndf", r, g, g)
-        return s, H - s[:, :, None] * s[:, None, :]
+        ``s = sum_k r_k g_k`` and ``H = sum_k r_k (-C_k^{-1}) + sum_k r_k g_k g_k^T - s s^T``, ``g_k = -C_k^{-1}
+        (x - mu_k)`` the component scores and ``r_k`` the responsibilities."""
+        s, H = self._score_and_jacobian_cols(x, lab)
+        return s.T.contiguous(), H.permute(2, 0, 1).contiguous()
+
+    def _score_and_jacobian_cols(self, x, lab, rows=None):
+        """:meth:`score_and_jacobian` with the points last: ``s (d, n)`` and the Hessian rows ``rows`` (all by
+        default) ``(len(rows), d, n)``."""
+        _, zv, v, r = self._parts(x, lab)
+        g = -torch.bmm(self.U, zv)                                   # (K, d, n)
+        rg = r[:, None, :] * g
+        s = rg.sum(0)                                                # (d, n)
+        rows = torch.arange(self.d, device=x.device) if rows is None else rows
+        prec = torch.einsum("kde,ke,kfe->kdf", self.U, 1.0 / v, self.U)[:, rows]
+        H = -(prec.reshape(self.K, -1).T @ r).view(len(rows), self.d, -1) - s[rows, None, :] * s[None, :, :]
+        for k in range(self.K):                                      # + sum_k r_k g_k g_k^T (a loop over components)
+            H += rg[k, rows, None, :] * g[k, None, :, :]
+        return s, H
 
     def score_jacobian(self, x, lab=0.0):
         """Hessian of ``log q_t`` at ``x``: ``(n, d, d)`` (see :meth:`score_and_jacobian`)."""
@@ -232,16 +248,20 @@ class GaussianMixture:
         Per component, with ``a = sqrt(ab_t / ab_s)``, ``r = 1 - ab_t / ab_s`` and eigenvalues
         ``v_s, v_t = a^2 v_s + r``: mean ``mu_s + U (a v_s / v_t) U^T (x - mu_t)``, covariance
         ``U diag(v_s r / v_t) U^T``.  ``lab_s = 0`` gives the posterior of ``x_0``."""
+        w, means, covs = self._reverse_kernel_cols(x, lab_t, lab_s)
+        return w.T.contiguous(), means.permute(2, 0, 1).contiguous(), covs
+
+    def _reverse_kernel_cols(self, x, lab_t, lab_s):
+        """:meth:`reverse_kernel` with the points last: ``(weights (K, n), means (K, d, n), covs (K, d, d))``."""
         lab_t = torch.as_tensor(lab_t, dtype=torch.float64)
         lab_s = torch.as_tensor(lab_s, dtype=torch.float64)
         if not lab_s >= lab_t:
             raise ValueError(f"lab_s = {float(lab_s)} must be >= lab_t = {float(lab_t)} (s earlier than t)")
-        z, v_t = self._z(x, lab_t)
+        _, zv, v_t, w = self._parts(x, lab_t)
         sab_s, v_s = self._v(lab_s)
         a = torch.exp(0.5 * (lab_t - lab_s))
         r = -torch.expm1(lab_t - lab_s)
-        w = softmax_last(self.log_weights - 0.5 * (sum_last(z ** 2 / v_t) + torch.log(v_t).sum(-1)))
-        means = sab_s * self.means + torch.einsum("kde,nke->nkd", self.U, a * v_s / v_t * z)
+        means = torch.bmm(self.U, (a * v_s)[:, :, None] * zv) + (sab_s * self.means)[:, :, None]
         covs = torch.einsum("kde,ke,kfe->kdf", self.U, v_s * r / v_t, self.U)
         return w, means, covs
 
@@ -326,10 +346,24 @@ def sample_mixture_rows(w, means, covs, *, generator=None):
     """One draw per row from per-row mixtures ``(w (n,K), means (n,K,d), covs (K,d,d))``: ``(n, d)``."""
     n, K, d = means.shape
     k = categorical_rows(w, generator)
-    lam, U = torch.linalg.eigh(covs)
-    root = U * lam.clamp_min(0).sqrt()[:, None, :]              # (K, d, d), root root^T = cov
     eps = torch.randn(n, d, dtype=means.dtype, device=means.device, generator=generator)
-    return means[torch.arange(n, device=means.device), k] + torch.einsum("nde,ne->nd", root[k], eps)
+    return means[torch.arange(n, device=means.device), k] + torch.einsum("nde,ne->nd", _root(covs)[k], eps)
+
+
+def sample_mixture_cols(w, means, covs, *, generator=None):
+    """:func:`sample_mixture_rows` with the points last, ``(w (K,n), means (K,d,n), covs)`` -> ``(d, n)``: the same
+    draws (the same component indices and normal variates, used in the same order)."""
+    K, d, n = means.shape
+    k = categorical_rows(w.T.contiguous(), generator)
+    eps = torch.randn(n, d, dtype=means.dtype, device=means.device, generator=generator)
+    every = torch.matmul(_root(covs), eps.T).add_(means)                  # (K, d, n): each component's draw
+    return torch.gather(every, 0, k[None, None, :].expand(1, d, n))[0]
+
+
+def _root(covs):
+    """``R_k`` with ``R_k R_k^T = covs_k`` (symmetric eigen-root, PSD-safe): ``(K, d, d)``."""
+    lam, U = torch.linalg.eigh(covs)
+    return U * lam.clamp_min(0).sqrt()[:, None, :]
 
 
 class Gaussian(GaussianMixture):
