@@ -44,12 +44,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# the SMC before/after comparison reruns this file on an exported older package (see bench_smc)
+if os.environ.get("DIFFNOTES_BENCH_PACKAGE"):
+    sys.path.insert(0, os.environ["DIFFNOTES_BENCH_PACKAGE"])
 
 from diffnotes import laws, metrics, samplers as S, schedules as sc, targets  # noqa: E402
 
 SCHEMA = 1
 SAMPLER_NAMES = ["ddpm", "ddim", "flow_ode", "accel_ode", "accel_sde", "multistep_ode"]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# (batch, d) normal draws per step: the part of a stochastic sampler's own time no code change can remove while the
+# draws stay torch.randn's (in-run ratio floor = 1 + draws x steps x t(randn) / time in the score)
+NOISE_DRAWS = {"ddpm": 1, "ddim": 0, "flow_ode": 0, "accel_ode": 0, "accel_sde": 2, "multistep_ode": 0}
 
 # (d, batch) grid of the full run: batch x d <= 1e7 (and d = 1000 only at small batch: the mixture's score costs
 # O(batch K d^2))
@@ -166,6 +172,8 @@ def bench_overhead(grid, dtypes, steps, repeats, device, progress, budget=0.0):
             big = n * d * d >= 1e6            # the predictor costs O(n K d^2): one run takes seconds
             reps = repeats if not big else 2
             t_score = score_time(mix.score, x, lab, 3 * reps, device, budget)
+            t_randn = timeit(lambda: torch.randn(n, d, generator=g, device=device, dtype=dt), 3 * reps, device,
+                             budget)[0]
             for name in SAMPLER_NAMES:
                 f = getattr(S, name)
                 wall, t_in, out, k = timed_run(
@@ -174,12 +182,15 @@ def bench_overhead(grid, dtypes, steps, repeats, device, progress, budget=0.0):
                 rows.append(dict(d=d, batch=n, dtype=dt_name, sampler=name, steps=steps, nfe=out.nfe,
                                  t_score_s=t_score, wall_s=wall, ratio=wall / (out.nfe * t_score),
                                  t_score_inrun_s=t_in, ratio_inrun=wall / t_in,
-                                 overhead_per_step_s=(wall - t_in) / steps, repeats=k))
+                                 overhead_per_step_s=(wall - t_in) / steps, repeats=k, t_randn_s=t_randn,
+                                 draws_per_step=NOISE_DRAWS[name],
+                                 ratio_floor=1 + NOISE_DRAWS[name] * steps * t_randn / t_in))
     return rows
 
 
 # ---- 1b. before / after a change of the samplers, interleaved -----------------------------------------------------
 AB_REV = "8473fd2"     # diffnotes/samplers.py before the performance fix of issue 8
+SMC_BEFORE_REV = "4826ecc"   # the package before the SMC work (short-axis reductions, columns layout, TDS twist reuse)
 
 
 def samplers_at(rev):
@@ -313,10 +324,12 @@ def smc_problem(device):
     return C.Inpainting(mix, idx_y=[1])
 
 
-def bench_smc(runs, n, T_target, steps_measured, device, progress):
+def bench_smc(runs, n, T_target, steps_measured, device, progress, repeats=1, before_rev=None, threads=2):
     """Chapter 04's problem (``Z = [X, Y]``, ``y0 = -0.3``), OU schedule with ``T_target`` steps on ``[0, 4]``;
     ``steps_measured`` of them are timed (the last ones, ``t = steps_measured .. 1``, through a schedule made of
-    those steps) and the total is scaled to ``T_target`` steps."""
+    those steps; the total is then scaled to ``T_target`` steps), minimum over ``repeats`` runs.  With
+    ``before_rev``, the same timing is repeated in a subprocess on the package as it was at that git revision
+    (``code`` = the revision; the current code's rows have ``code = "current"``)."""
     from diffnotes import conditional as C
     P = smc_problem(device)
     eps = 4.0 / T_target
@@ -326,15 +339,38 @@ def bench_smc(runs, n, T_target, steps_measured, device, progress):
     for name in _progress(["smcdiff", "tds"], progress, "smc"):
         f = getattr(C, name)
         kw = {"sigma_y": 0.1} if name == "tds" else {}
-        g = torch.Generator(device=device).manual_seed(0)
-        _sync(device)
-        t0 = time.perf_counter()
-        f(P, -0.3, sch, runs=runs, n=n, generator=g, **kw)
-        _sync(device)
-        wall = time.perf_counter() - t0
-        rows.append(dict(method=name, runs=runs, particles=n, steps_measured=sch.T, steps_target=T_target,
-                         wall_measured_s=wall, per_step_s=wall / sch.T, wall_target_s=wall / sch.T * T_target,
-                         scaled=sch.T != T_target, target_s=10.0))
+
+        def once():
+            return f(P, -0.3, sch, runs=runs, n=n, generator=torch.Generator(device=device).manual_seed(0), **kw)
+        wall, _, k = timeit(once, repeats, device, warmup=False)
+        rows.append(dict(method=name, code="current", runs=runs, particles=n, steps_measured=sch.T,
+                         steps_target=T_target, wall_measured_s=wall, per_step_s=wall / sch.T,
+                         wall_target_s=wall / sch.T * T_target, scaled=sch.T != T_target, target_s=10.0, repeats=k))
+    if before_rev:
+        rows += _smc_at(before_rev, runs, n, steps_measured, device, repeats, threads)
+    return rows
+
+
+def _smc_at(rev, runs, n, steps_measured, device, repeats, threads):
+    """The ``smc`` rows of this benchmark run on ``diffnotes/`` as exported from git revision ``rev``."""
+    import tempfile
+    full = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True)
+    if full.returncode != 0:
+        raise ValueError(f"smc-before: unknown git revision {rev!r}: {full.stderr.strip()}")
+    with tempfile.TemporaryDirectory(prefix="diffnotes-at-") as tmp:
+        arch = subprocess.run(["git", "archive", "--format=tar", rev, "diffnotes"], cwd=ROOT, capture_output=True)
+        if arch.returncode != 0:
+            raise ValueError(f"smc-before: git archive {rev} failed: {arch.stderr.decode().strip()}")
+        subprocess.run(["tar", "-x", "-C", tmp], input=arch.stdout, check=True)
+        out = Path(tmp) / "smc.json"
+        env = dict(os.environ, DIFFNOTES_BENCH_PACKAGE=tmp)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--sections", "smc", "--smc-before", "",
+                        "--smc-steps", str(steps_measured), "--smc-runs", str(runs), "--smc-particles", str(n),
+                        "--smc-repeats", str(repeats), "--device", device, "--threads", str(threads),
+                        "--out", str(out)], env=env, check=True, capture_output=True)
+        rows = json.loads(out.read_text())["smc"]
+    for r in rows:
+        r["code"] = full.stdout.strip()
     return rows
 
 
@@ -471,6 +507,12 @@ def main(argv=None):
     ap.add_argument("--ab-rev", default=AB_REV, help=f"git revision of the 'before' samplers (default {AB_REV})")
     ap.add_argument("--smc-steps", type=int, default=None,
                     help="SMC steps actually timed (default: all T = 200; fewer are scaled to T = 200)")
+    ap.add_argument("--smc-repeats", type=int, default=None, help="SMC runs timed (minimum taken; default 3)")
+    ap.add_argument("--smc-runs", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--smc-particles", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--smc-before", default=None,
+                    help=f"git revision whose SMC code is timed beside the current one (default {SMC_BEFORE_REV}, "
+                         "none with --quick; '' to skip)")
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine shared')")
     ap.add_argument("--progress", action="store_true", help="tqdm progress bars")
     ap.add_argument("--samplers-from", default=None, metavar="GIT_REV",
@@ -495,13 +537,17 @@ def main(argv=None):
     if a.samplers_from:
         _use_samplers_from(a.samplers_from)
     q = a.quick
+    if a.smc_before is None:
+        a.smc_before = "" if q else SMC_BEFORE_REV
     cfg = dict(
         quick=q, steps=5 if q else 10, repeats=1 if q else 3, budget_s=0.0 if q else 1.0,
         grid=QUICK_GRID if q else FULL_GRID, dtypes=list(DTYPES),
         diffusers_batches=[100, 2_000] if q else [100, 100_000], diffusers_d=2,
         ab_batches=[100, 2_000] if q else [100, 100_000], ab_repeats=3 if q else 60,
-        smc=dict(runs=50, n=16, T=200, steps_measured=a.smc_steps or 2) if q else
-        dict(runs=1000, n=128, T=200, steps_measured=a.smc_steps or 200),
+        smc=dict(runs=a.smc_runs or 50, n=a.smc_particles or 16, T=200, steps_measured=a.smc_steps or 2,
+                 repeats=a.smc_repeats or 1, before=a.smc_before) if q else
+        dict(runs=a.smc_runs or 1000, n=a.smc_particles or 128, T=200, steps_measured=a.smc_steps or 200,
+             repeats=a.smc_repeats or 3, before=a.smc_before),
         laws=dict(dims=[2, 10] if q else [2, 10, 100, 1000], T=20 if q else 100,
                   pilot_n=2_000 if q else 20_000, pilot_reps=3 if q else 5, rel_acc=0.01, max_pilot_elems=1_000_000),
         memory=[("ddpm", 2, 2_000, "float64")] if q else
@@ -524,7 +570,8 @@ def main(argv=None):
                                        cfg["repeats"], a.device, a.progress, cfg["budget_s"])
         elif sec == "smc":
             c = cfg["smc"]
-            out[sec] = bench_smc(c["runs"], c["n"], c["T"], c["steps_measured"], a.device, a.progress)
+            out[sec] = bench_smc(c["runs"], c["n"], c["T"], c["steps_measured"], a.device, a.progress, c["repeats"],
+                                 c["before"], a.threads)
         elif sec == "laws":
             c = cfg["laws"]
             out[sec] = bench_laws(c["dims"], c["T"], c["pilot_n"], c["pilot_reps"], c["rel_acc"], a.device,
