@@ -361,7 +361,7 @@ def sample_mixture_cols(w, means, covs, *, generator=None):
 
 
 def _root(covs):
-    """``R_k`` with ``R_k R_k^T = covs_k`` (symmetric eigen-root, PSD-safe): ``(K, d, d)``."""
+    """``R_k = U_k diag(sqrt(lambda_k))`` with ``R_k R_k^T = covs_k`` (eigen-root, PSD-safe): ``(K, d, d)``."""
     lam, U = torch.linalg.eigh(covs)
     return U * lam.clamp_min(0).sqrt()[:, None, :]
 

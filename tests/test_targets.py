@@ -171,3 +171,18 @@ def test_categorical_rows_is_torch_multinomial(seed):
     bad[7] = 0.0
     with pytest.raises(ValueError, match="w must be"):
         tg.categorical_rows(bad, g2)
+
+
+def test_sample_mixture_cols_gives_the_rows_draws():
+    """The columns layout of the per-point mixture sampler (TDS) draws the same points as the rows one, from the
+    same generator state, and leaves the generator in the same state."""
+    mix = _mixture(d=2, K=3)
+    x = 2 * torch.randn(5000, 2, generator=torch.Generator().manual_seed(5))
+    w, means, covs = mix.reverse_kernel(x, -0.9, -0.4)
+    wc, mc, cc = mix._reverse_kernel_cols(x, -0.9, -0.4)
+    assert torch.allclose(wc.T, w, rtol=1e-14, atol=1e-15) and torch.allclose(mc.permute(2, 0, 1), means)
+    g1, g2 = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
+    rows = tg.sample_mixture_rows(w, means, covs, generator=g1)
+    cols = tg.sample_mixture_cols(wc, mc, cc, generator=g2)
+    assert torch.allclose(cols.T, rows, rtol=1e-13, atol=1e-13)
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
