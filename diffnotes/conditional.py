@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .samplers import _steps
+from .samplers import _check_finite, _steps
 from .schedules import VPSchedule
 from .targets import (LOG2PI, GaussianMixture, logsumexp_last, sample_mixture_cols, sample_mixture_rows, softmax_last,
                       sum_last)
@@ -128,11 +128,6 @@ def _check_common(problem, schedule, runs, n, kernel, score):
 
 def _randn(shape, like, generator):
     return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
-
-
-def _finite(x, name, t):
-    if not torch.isfinite(x).all():
-        raise FloatingPointError(f"{name}: non-finite values at step t = {t}")
 
 
 def noised(mix, lab):
@@ -511,7 +506,7 @@ def langevin_replacement(problem, y0, schedule, *, runs, n, kernel="true", score
             x, a = _langevin(problem, x, path[:, i - 1], sch.lab(i - 1), lscore, langevin_steps, step, corrector,
                              log_prob, generator)
             acc, n_acc = acc + a, n_acc + 1
-        _finite(x, "replacement", i)
+        _check_finite(x, i, "replacement")
     nfe = sch.T + langevin_steps * (sch.T - langevin_stop)
     return CondSamples(x, nfe, accept=(acc / n_acc if corrector == "mala" and n_acc else None), context=path)
 
@@ -537,7 +532,7 @@ def langevin_fixed(problem, x, y, lab, *, steps, step, corrector="ula", score=No
     y = problem.y0_vector(y).expand(x.shape[0], problem.dy)
     x, a = _langevin(problem, x, y, lab, score if score is not None else problem.mix.score, steps, step,
                      corrector, log_prob, generator)
-    _finite(x, "langevin_fixed", lab)
+    _check_finite(x, lab, "langevin_fixed")
     return CondSamples(x, steps, accept=a if corrector == "mala" else None)
 
 
@@ -604,7 +599,7 @@ def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, contex
         ess_t.append(ess(log_w))
         idx = RESAMPLERS[resampling](log_w, generator)
         x = sampler(_gather(params, idx), generator)
-        _finite(x, "smcdiff", i)
+        _check_finite(x, i, "smcdiff")
     return CondSamples(x, sch.T, log_z=log_z, ess=torch.stack(ess_t, 1), context=path)
 
 
@@ -622,8 +617,7 @@ def _twist(problem, z, lab, y, sigma_y, inflate):
     J_y = (torch.eye(problem.d, dtype=z.dtype, device=z.device)[iy][:, :, None] + omab * H_y) / sab
     var = sigma_y ** 2 + inflate * float(omab)
     r = y[:, None] - xhat_y
-    logp = -0.5 * ((r ** 2).sum(0) / var + problem.dy * (math.log(var) + LOG2PI))
-    return logp, (J_y * r[:, None, :]).sum(0) / var
+    return _gauss_logpdf(xhat_y.T, y, var), (J_y * r[:, None, :]).sum(0) / var
 
 
 def _tds_check(problem, y, sigma_y, inflate):
@@ -697,7 +691,7 @@ def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="
         z, inc, (lp, g) = _twisted_step(problem, sch, i, z[:, idx], (lp[idx], g[:, idx]), y, sigma_y, inflate,
                                         generator, True, kernel, score)
         log_w = inc.reshape(runs, n)
-        _finite(z, "tds", i)
+        _check_finite(z, i, "tds")
     log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
     x = z[problem.ix].T.reshape(runs, n, problem.dx)
     return CondSamples(x, (3 if kernel == "em" else 2) * sch.T, log_w=torch.log_softmax(log_w, -1), log_z=log_z,
@@ -715,7 +709,7 @@ def reconstruction_guidance(problem, y, schedule, *, runs, n, sigma_y=0.1, infla
     for i in _steps(sch, 0, progress, "guidance"):
         twist = _twist(problem, z, sch.lab(i), y, sigma_y, inflate)
         z, _, _ = _twisted_step(problem, sch, i, z, twist, y, sigma_y, inflate, generator, False)
-        _finite(z, "guidance", i)
+        _check_finite(z, i, "guidance")
     return CondSamples(z[problem.ix].T.reshape(runs, n, problem.dx), 2 * sch.T)
 
 

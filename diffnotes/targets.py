@@ -227,7 +227,7 @@ class GaussianMixture:
 
     def score_jacobian(self, x, lab=0.0):
         """Hessian of ``log q_t`` at ``x``: ``(n, d, d)`` (see :meth:`score_and_jacobian`)."""
-        return self.score_and_jacobian(x, lab)[1]
+        return self._score_and_jacobian_cols(x, lab)[1].permute(2, 0, 1).contiguous()
 
     def sample(self, n, lab=0.0, *, generator=None, return_components=False):
         """``n`` draws of ``x_t`` (of ``x_0`` for ``lab = 0``)."""
