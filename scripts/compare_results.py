@@ -22,8 +22,8 @@ def main(a, b):
         if set(ca) != set(cb):
             problems.append(f"{ch}: different claims {sorted(ca)} vs {sorted(cb)}")
         for k in sorted(set(ca) & set(cb)):
-            for field in ("measured", "interval", "ok"):
-                if ca[k][field] != cb[k][field]:
+            for field in ("measured", "interval", "outcome", "foil"):
+                if ca[k].get(field) != cb[k].get(field):
                     problems.append(f"{ch}/{k}: {field} {ca[k][field]!r} != {cb[k][field]!r}")
     n = sum(len(r["claims"]) for r in ra.values())
     if problems:

@@ -30,31 +30,47 @@ def main():
     args = ap.parse_args()
     toc = (ROOT / "_toc.yml").read_text()
     files = sorted(Path(args.results).glob("*.json"))
+    chapters = [json.loads(f.read_text()) for f in files]
+    chapters = [c for c in chapters if f"notebooks/{c['chapter']}" in toc]
+    claims = [c for ch in chapters for c in ch["claims"]]
+    counts = {o: sum(c.get("outcome") == o for c in claims) for o in ("reproduced", "not reproduced", "inconclusive")}
+    foils = sum(not (c.get("foil") or {}).get("passed", True) for c in claims)
+    agree = sum(c.get("agrees", False) for c in claims)
     lines = ["# Results at a glance", "",
              "One row per claim, collected from the verdict cells of the chapters as they executed for this build "
              "(`scripts/results_page.py` reads `_build/results/*.json`; nothing here is typed by hand). "
-             "*Verdict* is the outcome of the test stated in the chapter before measuring; *reproduced* says whether "
-             "the document's claim itself was reproduced (a claim can fail to reproduce and still pass its honest, "
-             "pre-stated verdict, which the chapter then explains).", ""]
-    if not files:
+             "Each claim has a test stated in the chapter before measuring, and a *foil*: the same test run on a "
+             "variant that is wrong by a small, stated margin, which must fail (otherwise the test could not tell). "
+             "The *outcome* is *reproduced* (the test passes), *not reproduced* (it fails, and a positive control "
+             "or the paper-size run shows the test had the power to see the claim) or *inconclusive* (it fails "
+             "without that power; the chapter says what size would decide it).", ""]
+    if not claims:
         lines += ["```{note}", "No verdict records yet: the chapters have not been executed in this build.", "```"]
-    for f in files:
-        rec = json.loads(f.read_text())
+    else:
+        lines += [f"**{len(claims)} claims: {counts['reproduced']} reproduced, {counts['not reproduced']} not "
+                  f"reproduced, {counts['inconclusive']} inconclusive; {foils} of {len(claims)} foils fail the test "
+                  f"as they must; {agree} of {len(claims)} outcomes agree with the chapter's text.**", ""]
+    for rec in chapters:
         chapter = rec["chapter"]
-        if f"notebooks/{chapter}" not in toc:
-            continue
         lines += [f"## {rec.get('title') or chapter}", "",
                   f"Chapter: {{doc}}`../notebooks/{chapter}`", "",
-                  "| document | claim | document's figure | measured | interval | verdict | reproduced |",
+                  "| document | claim | document's figure | pre-stated test | measured | foil (must fail) | outcome |",
                   "|---|---|---|---|---|---|---|"]
         for c in rec["claims"]:
+            f = c.get("foil") or {"name": "none yet", "passed": True}
+            meas = cell(c["measured"]) + (f" {cell(c['interval'])}" if c.get("interval") is not None else "")
+            foil = f"{cell(f.get('name', ''))}: {cell(f.get('measured'))}, " + \
+                ("**passes (no power)**" if f.get("passed") else "fails")
+            out = c.get("outcome", "?")
+            out = {"reproduced": "reproduced", "not reproduced": "**not reproduced**",
+                   "inconclusive": "*inconclusive*"}.get(out, out)
+            if not c.get("agrees", True):
+                out += " (**disagrees with the text**)"
             lines.append("| " + " | ".join([cell(c["document"]), cell(c["claim"]), cell(c["expected"]),
-                                             cell(c["measured"]), cell(c["interval"]),
-                                             ("pass" if c["ok"] else "**FAIL**") + f" ({cell(c['tolerance'])})",
-                                             "yes" if c["reproduced"] else "**no** (see chapter)"]) + " |")
+                                             cell(c.get("test", "")), meas, foil, out]) + " |")
         lines.append("")
     Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out} from {len(files)} record(s)")
+    print(f"wrote {args.out} from {len(files)} record(s), {len(claims)} claims")
 
 
 if __name__ == "__main__":

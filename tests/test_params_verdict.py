@@ -3,6 +3,7 @@ import json
 import pytest
 
 from diffnotes import params, verdict
+from diffnotes.verdict import Control, Foil, Test, power_law_curve, rate
 
 
 def test_check_names_the_parameter():
@@ -20,12 +21,108 @@ def test_check_names_the_parameter():
         params.resolve_device("tpu-9")
 
 
-def test_verdict_records_and_asserts(tmp_path, monkeypatch):
+@pytest.fixture
+def V(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFNOTES_RESULTS", str(tmp_path))
-    V = verdict.Verdicts("99_test", "a test")
-    V.check("a", document="002, Thm 1", claim="c", expected=-1, measured=-1.02, interval=(-1.1, -0.9),
-            ok=True, tolerance="CI contains -1")
-    with pytest.raises(AssertionError, match="verdict 'b' failed"):
-        V.check("b", document="d", claim="c", expected=1, measured=2, ok=False, tolerance="t")
+    monkeypatch.delenv("DIFFNOTES_STRICT", raising=False)
+    return verdict.Verdicts("99_test", "a test")
+
+
+def test_three_outcomes_and_the_record(V, tmp_path):
+    t = verdict.at_most(1.0)
+    V.check("a", document="d", claim="c", expected=1, test=t, data=0.5, foil=Foil("wrong", 1.5, "+50%"),
+            stated="reproduced")
+    V.check("b", document="d", claim="c", expected=1, test=t, data=2.0, foil=Foil("wrong", 1.5),
+            control=Control("known good", 0.9), stated="not reproduced")
+    V.check("c", document="d", claim="c", expected=1, test=t, data=2.0, foil=Foil("wrong", 1.5),
+            stated="inconclusive", decide="n = 10^6")
+    # a failing control gives no power; an existence claim unseen is never 'not reproduced'
+    V.check("d", document="d", claim="c", expected=1, test=t, data=2.0, foil=Foil("wrong", 1.5),
+            control=Control("also bad", 3.0), stated="inconclusive", decide="x")
+    V.check("e", document="d", claim="c", expected=1, test=t, data=2.0, foil=Foil("wrong", 1.5),
+            control=Control("good", 0.1), existence=True, stated="inconclusive", decide="x")
+    V.check("f", document="d", claim="c", expected=1, test=t, data=2.0, foil=Foil("wrong", 1.5),
+            paper_fails=True, stated="not reproduced")
     rec = json.loads((tmp_path / "99_test.json").read_text())
-    assert [c["id"] for c in rec["claims"]] == ["a", "b"] and rec["claims"][1]["ok"] is False
+    got = {c["id"]: c["outcome"] for c in rec["claims"]}
+    assert got == {"a": "reproduced", "b": "not reproduced", "c": "inconclusive", "d": "inconclusive",
+                   "e": "inconclusive", "f": "not reproduced"}
+    a = rec["claims"][0]
+    assert a["foil"] == {"name": "wrong", "margin": "+50%", "measured": 1.5, "interval": None, "passed": False}
+    assert a["test"] == "figure <= 1" and a["agrees"] is True
+
+
+def test_the_assertions(V, monkeypatch):
+    t = verdict.at_most(1.0)
+    with pytest.raises(AssertionError, match="foil 'too close' passed"):
+        V.check("a", document="d", claim="c", expected=1, test=t, data=0.5, foil=Foil("too close", 0.9),
+                stated="reproduced")
+    with pytest.raises(AssertionError, match="text states 'reproduced' but the measured outcome is 'inconclusive'"):
+        V.check("b", document="d", claim="c", expected=1, test=t, data=2.0, foil=Foil("w", 1.5),
+                stated="reproduced", decide="x")
+    with pytest.raises(AssertionError, match="decide"):
+        V.check("c", document="d", claim="c", expected=1, test=t, data=2.0, foil=Foil("w", 1.5),
+                stated="inconclusive")
+    with pytest.raises(ValueError, match="stated"):
+        V.check("d", document="d", claim="c", expected=1, test=t, data=0.5, foil=Foil("w", 1.5), stated="yes")
+    with pytest.raises(ValueError, match="foil"):
+        V.check("e", document="d", claim="c", expected=1, test=t, data=0.5, foil=1.5, stated="reproduced")
+    # not strict: recorded as disagreeing, not raised (a rerun at another size is not lost)
+    monkeypatch.setenv("DIFFNOTES_STRICT", "0")
+    rec = V.check("g", document="d", claim="c", expected=1, test=t, data=2.0, foil=Foil("w", 0.5),
+                  stated="reproduced", decide="x")
+    assert rec["agrees"] is False and len(rec["problems"]) == 2
+
+
+def test_stated_per_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFNOTES_RESULTS", str(tmp_path))
+    t = verdict.at_most(1.0)
+    st = {"smoke": "inconclusive", "ci": "reproduced"}
+    verdict.Verdicts("x", size="smoke").check("a", document="d", claim="c", expected=1, test=t, data=2.0,
+                                              foil=Foil("w", 1.5), stated=st, decide="ci size")
+    verdict.Verdicts("x", size="ci").check("a", document="d", claim="c", expected=1, test=t, data=0.1,
+                                           foil=Foil("w", 1.5), stated=st)
+    with pytest.raises(ValueError, match="paper"):
+        verdict.Verdicts("x", size="paper").check("a", document="d", claim="c", expected=1, test=t, data=0.1,
+                                                  foil=Foil("w", 1.5), stated=st)
+    with pytest.raises(ValueError, match="size"):
+        verdict.Verdicts("x", size="huge")
+
+
+def test_rate_test_resolves_a_quarter():
+    T = [100, 200, 400, 800, 1600]
+    for p in (1.0, 2.0, 0.5):
+        for lp in (0.0, 3.0):
+            exact = power_law_curve(T, [1.0] * 5, -p, lp)
+            worse = power_law_curve(T, [1.0] * 5, -p + 0.25, lp)
+            for kind in ("upper", "tight"):
+                t = rate(p, log_power=lp, kind=kind)
+                assert t(exact).ok and not t(worse).ok
+            assert rate(p, log_power=lp, kind="tight")(power_law_curve(T, [1.0] * 5, -p - 0.25, lp)).ok is False
+            assert rate(p, log_power=lp, kind="upper")(power_law_curve(T, [1.0] * 5, -p - 0.25, lp)).ok is True
+    # the log correction matters: T^-1 log^3 T fails the plain 1/T test at these T but passes with log_power = 3
+    c = power_law_curve(T, [1.0] * 5, -1, 3)
+    assert not rate(1)(c).ok and rate(1, log_power=3)(c).ok
+    r = rate(1, top=3)(power_law_curve(T, [1.0] * 5, -1))
+    assert r.figure == pytest.approx(-1) and r.interval == (pytest.approx(-1), pytest.approx(-1))
+    # judged at the top only: a pre-asymptotic start does not count
+    T2 = [10, 20] + T
+    err = [1.0, 0.9] + power_law_curve(T, [1.0] * 5, -1)[1]
+    assert rate(1, top=3)((T2, err)).ok
+    with pytest.raises(ValueError):
+        rate(1)(([100, 200, 400], [1.0, 0.0, 0.5]))
+
+
+def test_custom_test_forms():
+    t = Test("x", lambda d: (d > 0, d))
+    assert t(1).ok and not t(-1).ok
+    with pytest.raises(TypeError):
+        Test("x", lambda d: "yes")(1)
+
+
+def test_legacy_form_is_recorded_without_a_foil(V, tmp_path):
+    V.check("old", document="d", claim="c", expected=1, measured=1.0, ok=True, tolerance="t")
+    with pytest.raises(AssertionError):
+        V.check("old2", document="d", claim="c", expected=1, measured=1.0, ok=False, tolerance="t")
+    rec = json.loads((tmp_path / "99_test.json").read_text())
+    assert rec["claims"][0]["foil"] is None and rec["claims"][0]["legacy"] is True
