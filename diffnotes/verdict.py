@@ -284,7 +284,7 @@ class Verdicts:
         _show(rec)
         if _strict():
             assert not problems, f"verdict {claim_id!r}: " + "; ".join(problems)
-        return rec
+        # nothing returned (a returned record would echo as a raw dict under the card): see self.records[-1]
 
     def _legacy(self, claim_id, document, claim, expected, note, *, measured, ok, tolerance, interval=None,
                 reproduced=True):
@@ -301,7 +301,6 @@ class Verdicts:
         print(f"[{'PASS' if ok else 'FAIL'}] {document}: {claim}; measured {fmt(measured)}; test: {tolerance} "
               f"(no foil yet)")
         assert ok, f"verdict {claim_id!r} failed: measured {measured}, expected {expected} ({tolerance})"
-        return rec
 
     def _write(self):
         d = results_dir()

@@ -9,7 +9,10 @@ For each page of ``_build/html`` (except search, genindex, ``_static``, ``_sourc
 3. links: every internal link points to an existing file, and its ``#anchor`` to an id on that page;
 4. no Python traceback on the page (error output cells, "Traceback (most recent call last)");
 5. no JavaScript error on the page (``pageerror``; sphinx-thebe's repeated inline script used to raise one on
-   every page: ``book/_ext/dedup_scripts.py`` removes the repeat).
+   every page: ``book/_ext/dedup_scripts.py`` removes the repeat);
+6. nothing cut off at the page width: no code or output block (``pre``) whose longest line is wider than the block
+   (a visible block that scrolls sideways; for a folded one, its longest line measured in its own font against the
+   article's width), and no raw Python dict or list echo of a verdict record in an output.
 
 One full-page PNG per chapter page (``notebooks/*.html``) goes to ``_build/screenshots/``.
 
@@ -184,7 +187,32 @@ INSPECT_JS = r"""() => {
   const tbre = /Traceback \(most recent call last\)|Cell In\[\d+\], line \d+/;
   const tb = errCells.length ? [] : Array.from(new Set(document.body.innerText.split('\n')
       .filter(l => tbre.test(l)).map(l => l.trim().replace(/\s+/g, ' ').slice(0, 120)))).slice(0, 3);
+  // (6) horizontal overflow of code and output blocks
+  const article = document.querySelector('article.bd-article, article, main') || document.body;
+  const W = article.clientWidth;
+  const canvas = document.createElement('canvas').getContext('2d');
+  const overflow = [];
+  for (const pre of document.querySelectorAll('div.highlight pre, div.output pre, .cell_output pre')) {
+    const lines = pre.textContent.split('\n');
+    let longest = '';
+    for (const l of lines) if (l.length > longest.length) longest = l;
+    if (!longest.trim()) continue;
+    let wide;
+    const st = getComputedStyle(pre);
+    if (pre.clientWidth > 0) {
+      wide = pre.scrollWidth > pre.clientWidth + 2;
+    } else if (st.whiteSpace.includes('wrap')) {
+      wide = false;  // a folded block whose lines wrap when unfolded
+    } else {
+      canvas.font = st.font || (st.fontSize + ' ' + st.fontFamily);
+      wide = canvas.measureText(longest).width > W - 48;
+    }
+    if (wide) overflow.push(longest.trim().slice(0, 70) + ` (${longest.length} chars)`);
+  }
+  const echo = Array.from(document.querySelectorAll('.cell_output pre, div.output pre'))
+    .filter(p => /\{'(chapter|id)': /.test(p.textContent)).length;
   return {
+    overflow, echo, W,
     mathSources: document.querySelectorAll('.math, span.math, div.math').length,
     mjx: document.querySelectorAll('mjx-container').length,
     // TeX errors (mjx-merror), and undefined macros, which MathJax's noundefined shows as red \name text
@@ -349,6 +377,13 @@ def main(argv=None) -> int:
                         problems.append(f"error output cell: {e}")
                     for s in info["tb"]:
                         problems.append(f"traceback on the page: {s}")
+                    # (6) nothing cut off at the page width
+                    for s in info["overflow"][:5]:
+                        problems.append(f"cut off at the page width ({info['W']} px): {s}")
+                    if len(info["overflow"]) > 5:
+                        problems.append(f"... and {len(info['overflow']) - 5} more blocks cut off")
+                    if info["echo"]:
+                        problems.append(f"{info['echo']} raw verdict-record echoes in outputs")
                     # screenshot of each chapter page
                     shot = ""
                     if rel.startswith("notebooks/"):

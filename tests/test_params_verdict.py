@@ -69,8 +69,9 @@ def test_the_assertions(V, monkeypatch):
         V.check("e", document="d", claim="c", expected=1, test=t, data=0.5, foil=1.5, stated="reproduced")
     # not strict: recorded as disagreeing, not raised (a rerun at another size is not lost)
     monkeypatch.setenv("DIFFNOTES_STRICT", "0")
-    rec = V.check("g", document="d", claim="c", expected=1, test=t, data=2.0, foil=Foil("w", 0.5),
-                  stated="reproduced", decide="x")
+    assert V.check("g", document="d", claim="c", expected=1, test=t, data=2.0, foil=Foil("w", 0.5),
+                   stated="reproduced", decide="x") is None
+    rec = V.records[-1]
     assert rec["agrees"] is False and len(rec["problems"]) == 2
 
 
