@@ -32,8 +32,9 @@ from .nets import fit, seeded
 
 __all__ = ["SPLIT", "CLF", "SCORE", "HEADS", "T", "train_feature_classifier", "train_score", "train_digit_heads",
            "Split", "load_split", "Empirical", "Classifier", "train_classifier", "accuracy", "features",
-           "gaussian_stats", "frechet_batched", "FrechetCI", "frechet_bootstrap", "cost_factor", "n_params", "least_steps_table",
-           "VJP_COST", "kid", "kid_weighted", "kid_bootstrap", "multinomial_counts", "Scan", "scan", "PairedKID", "paired_kid"]
+           "gaussian_stats", "frechet_batched", "FrechetCI", "frechet_bootstrap", "cost_factor", "n_params",
+           "VJP_COST", "kid", "kid_weighted", "kid_bootstrap", "multinomial_counts", "Scan", "scan", "PairedKID",
+           "paired_kid"]
 
 #: a vector-Jacobian (backward) pass counted as this many forward passes in :func:`cost_factor`.
 VJP_COST = 2.0
@@ -267,32 +268,6 @@ def cost_factor(passes, K, p_score, p_head=0):
     if passes.get("head", 0) and not p_head:
         raise ValueError("p_head is required when the run used head passes")
     return (passes["forward"] + VJP_COST * passes["vjp"] + passes["head"] * p_head / p_score) / K
-
-
-# ---- the least-steps scan -----------------------------------------------------------------------------------------
-def least_steps_table(rows, score, xT, schedule, steps_grid, threshold, quality, *, heads=None, table=None, seed=0):
-    """003's least-steps table: for each ``(label, method, eta)`` in ``rows``, the first ``K`` of the increasing
-    ``steps_grid`` whose skip-step run (:func:`diffnotes.skipstep.skip_step` over ``even_steps(T, K)`` from ``xT``)
-    has ``quality(x).value <= threshold`` (``quality`` returns a :class:`FrechetCI`).  Every run draws its noise
-    from a generator seeded with ``seed`` (common random numbers across methods and ``K``).
-
-    Returns ``{label: (K or None, {K: FrechetCI}, {K: SkipSamples})}`` over the ``K`` scanned (the scan stops at the
-    first success)."""
-    from .skipstep import even_steps, least_steps, skip_step
-    out = {}
-    for label, method, eta in rows:
-        runs, cis = {}, {}
-
-        def q_of_K(K, method=method, eta=eta, runs=runs, cis=cis):
-            crn = torch.Generator(device=xT.device).manual_seed(seed)
-            run = skip_step(method, score, xT, schedule, even_steps(schedule.T, K), eta=eta, heads=heads,
-                            table=table, generator=crn)
-            runs[K], cis[K] = run, quality(run.x)
-            return cis[K].value
-
-        K, _ = least_steps(q_of_K, steps_grid, threshold)
-        out[label] = (K, cis, runs)
-    return out
 
 
 # ---- kernel inception distance (unbiased) and a paired bootstrap ---------------------------------------------------

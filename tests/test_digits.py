@@ -183,7 +183,8 @@ def test_kid_unbiased_where_frechet_is_not():
     g = torch.Generator().manual_seed(1)
     kids, fds = [], []
     for _ in range(200):
-        a, b = torch.randn(40, 8, dtype=torch.float64, generator=g), torch.randn(40, 8, dtype=torch.float64, generator=g)
+        a = torch.randn(40, 8, dtype=torch.float64, generator=g)
+        b = torch.randn(40, 8, dtype=torch.float64, generator=g)
         kids.append(dg.kid(a, b))
         fds.append(float(dg.frechet_batched(*dg.gaussian_stats(a), *dg.gaussian_stats(b))))
     kids, fds = torch.tensor(kids), torch.tensor(fds)
