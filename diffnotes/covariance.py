@@ -41,7 +41,7 @@ import torch
 from .nets import EpsMLP, NetScore, fit
 
 __all__ = ["METHODS", "KIND", "Posterior", "CountedScore", "differentiable", "estimate", "tweedie_mean",
-           "tweedie_cov", "AnalyticTable", "analytic_table", "Heads", "head_loss", "train_head",
+           "tweedie_cov", "AnalyticTable", "analytic_table", "analytic_table_exact", "point_errors", "Heads", "head_loss", "train_head",
            "bridge_coefficients", "psd_clip", "make_head", "mixture_003", "train_score_net",
            "train_heads", "HEAD_METHODS", "autograd_score",
            "jacobian", "covariance_errors"]
@@ -166,9 +166,13 @@ def psd_clip(cov, kind, tol=1e-10):
 # ---- Analytic-DPM table -------------------------------------------------------------------------------------------
 @dataclass
 class AnalyticTable:
-    """``Gamma(lab) = E_{q_t} ||s(x_t)||^2 / d`` on a grid of levels; ``tau2(lab)`` interpolates linearly."""
+    """``Gamma(lab) = E_{q_t} ||s(x_t)||^2 / d`` on a grid of levels; ``tau2(lab)`` interpolates linearly.
+
+    ``tau2_se`` (optional): the standard error of ``tau2`` at each level, where the table was estimated with one
+    (:func:`analytic_table_exact`)."""
     labs: torch.Tensor                 # increasing
     gamma: torch.Tensor
+    tau2_se: torch.Tensor | None = None
 
     def tau2(self, lab):
         lab = torch.as_tensor(lab, dtype=self.labs.dtype, device=self.labs.device)
@@ -193,6 +197,35 @@ def analytic_table(score, sample_x0, labs, n=4096, generator=None):
         s = fn(a2.sqrt() * x0 + s2.sqrt() * eps, lab)
         gam.append((s ** 2).sum(-1).mean() / x0.shape[1])
     return AnalyticTable(labs.to(x0.device), torch.stack(gam))
+
+
+@torch.no_grad()
+def analytic_table_exact(target, labs, n=4096, generator=None):
+    """Analytic-DPM's table for a target with an exact posterior (a Gaussian mixture), without the magnified noise
+    of :func:`analytic_table`.
+
+    ``tau_0^2 = E_{q_t} tr Cov[x_0 | x_t] / d`` (Analytic-DPM's optimum, equal to ``(sigma^2 - sigma^4 Gamma) /
+    alpha^2`` by second-order Tweedie and ``E tr grad^2 log q = -E ||s||^2``) is estimated by Monte Carlo over
+    ``x_t ~ q_t`` of the **exact** per-point trace (Rao-Blackwellised: no ``sigma^4 / alpha^2`` factor multiplies the
+    Monte Carlo error, the integrand is bounded by ``tr Cov[x_0]``-like values and nearly constant at large ``t``).
+    ``Gamma = (sigma^2 - alpha^2 tau_0^2) / sigma^4`` is stored so that :meth:`AnalyticTable.tau2` returns ``tau_0^2``
+    at the table's levels; ``tau2_se`` holds the standard error of each ``tau_0^2``."""
+    if not hasattr(target, "posterior_x0"):
+        raise ValueError("target must have an exact posterior (posterior_x0), e.g. a GaussianMixture")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    labs = torch.as_tensor(labs, dtype=torch.float64).sort().values
+    x0 = target.sample(n, generator=generator)
+    eps = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
+    gam, se = [], []
+    for lab in labs:
+        a2, s2 = _levels(lab, x0)
+        _, cov = target.posterior_x0(a2.sqrt() * x0 + s2.sqrt() * eps, lab)
+        tr = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1) / x0.shape[1]
+        tau2 = tr.mean()
+        gam.append((s2 - a2 * tau2) / s2 ** 2)
+        se.append(tr.std() / math.sqrt(n))
+    return AnalyticTable(labs.to(x0.device), torch.stack(gam), torch.stack(se))
 
 
 # ---- bridge kernels -----------------------------------------------------------------------------------------------
@@ -453,6 +486,21 @@ def autograd_score(target):
     return score
 
 
+def point_errors(methods, score, target, lab, x, *, heads=None, table=None, M=1, lab_prev=None, generator=None):
+    """Per-point Frobenius errors ``||Sigma_hat(x_i) - Sigma(x_i)||_F`` of each method against the exact posterior
+    covariance of ``target`` at the points ``x`` (level ``lab``): ``({method: (n,)}, ||Sigma(x_i)||_F (n,),
+    {method: clipped rows})``.  All methods see the same points, so differences between methods are paired."""
+    _, cov = target.posterior_x0(x, lab)
+    errs, clipped = {}, {}
+    for m in methods:
+        name, mm = (f"hutchinson:{m[1]}", m[1]) if isinstance(m, tuple) else (m, M)
+        meth = m[0] if isinstance(m, tuple) else m
+        p = estimate(meth, score, x, lab, heads=heads, table=table, M=mm, lab_prev=lab_prev, generator=generator)
+        errs[name] = torch.linalg.matrix_norm(p.full() - cov)
+        clipped[name] = p.clipped
+    return errs, torch.linalg.matrix_norm(cov), clipped
+
+
 def covariance_errors(methods, score, target, schedule, ts, n, *, heads=None, table=None, M=1, generator=None):
     """Relative error ``E ||Sigma_hat - Sigma||_F / E ||Sigma||_F`` of each method against the exact posterior
     covariance of ``target``, with ``x_t ~ q_t``, at each step ``t`` in ``ts`` (``iddpm`` uses the one-step kernel
@@ -463,13 +511,9 @@ def covariance_errors(methods, score, target, schedule, ts, n, *, heads=None, ta
     errs, clipped = {}, {}
     for t in ts:
         x = target.sample(n, labs[t], generator=generator)
-        _, cov = target.posterior_x0(x, labs[t])
-        ref = torch.linalg.matrix_norm(cov).mean()
-        for m in methods:
-            name, mm = (f"hutchinson:{m[1]}", m[1]) if isinstance(m, tuple) else (m, M)
-            meth = m[0] if isinstance(m, tuple) else m
-            p = estimate(meth, score, x, labs[t], heads=heads, table=table, M=mm, lab_prev=labs[t - 1],
-                         generator=generator)
-            errs.setdefault(name, []).append(float(torch.linalg.matrix_norm(p.full() - cov).mean() / ref))
-            clipped[name] = clipped.get(name, 0) + p.clipped
+        e, ref, cl = point_errors(methods, score, target, labs[t], x, heads=heads, table=table, M=M,
+                                  lab_prev=labs[t - 1], generator=generator)
+        for name in e:
+            errs.setdefault(name, []).append(float(e[name].mean() / ref.mean()))
+            clipped[name] = clipped.get(name, 0) + cl[name]
     return {k: torch.tensor(v) for k, v in errs.items()}, clipped

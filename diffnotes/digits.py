@@ -10,6 +10,13 @@
   feature space of the Frechet distance (the role Inception plays in FID).
 * :func:`frechet_bootstrap`: the squared Frechet distance between the Gaussian fits of two feature sets, with a
   bootstrap interval (both sets resampled with replacement, batched).
+* :func:`kid`, :func:`kid_weighted`: the kernel inception distance (the unbiased estimate of the squared MMD with
+  the cubic polynomial kernel ``k(a, b) = (a.b / k + 1)^3`` of Binkowski et al.), and its value under bootstrap
+  weights (distinct original pairs only, so that a resample does not inflate the within-set terms).
+* :func:`scan` and :class:`PairedKID`: every sampler at every ``K`` of a grid on several independent replicate draws
+  (same ``x_T`` and common random numbers across samplers within a draw), then a paired bootstrap over the
+  held-out images, the generated images of each draw and the draws, so that differences between samplers at equal
+  (or different) ``K`` come with intervals that account for what the samplers share.
 * :func:`cost_factor`: the cost of a sampler step in units of one score-network forward pass, from the pass
   counters of :func:`diffnotes.skipstep.skip_step`.
 """
@@ -25,8 +32,9 @@ from .nets import fit, seeded
 
 __all__ = ["SPLIT", "CLF", "SCORE", "HEADS", "T", "train_feature_classifier", "train_score", "train_digit_heads",
            "Split", "load_split", "Empirical", "Classifier", "train_classifier", "accuracy", "features",
-           "gaussian_stats", "frechet_batched", "FrechetCI", "frechet_bootstrap", "cost_factor", "n_params", "least_steps_table",
-           "VJP_COST"]
+           "gaussian_stats", "frechet_batched", "FrechetCI", "frechet_bootstrap", "cost_factor", "n_params",
+           "VJP_COST", "kid", "kid_weighted", "kid_bootstrap", "multinomial_counts", "Scan", "scan", "PairedKID",
+           "paired_kid"]
 
 #: a vector-Jacobian (backward) pass counted as this many forward passes in :func:`cost_factor`.
 VJP_COST = 2.0
@@ -262,27 +270,170 @@ def cost_factor(passes, K, p_score, p_head=0):
     return (passes["forward"] + VJP_COST * passes["vjp"] + passes["head"] * p_head / p_score) / K
 
 
-# ---- the least-steps scan -----------------------------------------------------------------------------------------
-def least_steps_table(rows, score, xT, schedule, steps_grid, threshold, quality, *, heads=None, table=None, seed=0):
-    """003's least-steps table: for each ``(label, method, eta)`` in ``rows``, the first ``K`` of the increasing
-    ``steps_grid`` whose skip-step run (:func:`diffnotes.skipstep.skip_step` over ``even_steps(T, K)`` from ``xT``)
-    has ``quality(x).value <= threshold`` (``quality`` returns a :class:`FrechetCI`).  Every run draws its noise
-    from a generator seeded with ``seed`` (common random numbers across methods and ``K``).
+# ---- kernel inception distance (unbiased) and a paired bootstrap ---------------------------------------------------
+def _poly_kernel(a, b):
+    return (a @ b.transpose(-1, -2) / a.shape[-1] + 1.0) ** 3
 
-    Returns ``{label: (K or None, {K: FrechetCI}, {K: SkipSamples})}`` over the ``K`` scanned (the scan stops at the
-    first success)."""
-    from .skipstep import even_steps, least_steps, skip_step
-    out = {}
-    for label, method, eta in rows:
-        runs, cis = {}, {}
 
-        def q_of_K(K, method=method, eta=eta, runs=runs, cis=cis):
-            crn = torch.Generator(device=xT.device).manual_seed(seed)
-            run = skip_step(method, score, xT, schedule, even_steps(schedule.T, K), eta=eta, heads=heads,
-                            table=table, generator=crn)
-            runs[K], cis[K] = run, quality(run.x)
-            return cis[K].value
+def _check_features(fa, fb):
+    if not (torch.is_tensor(fa) and torch.is_tensor(fb)) or fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:
+        raise ValueError("fa and fb must be (n, k) and (m, k) feature tensors of the same width")
+    if min(fa.shape[0], fb.shape[0]) < 2:
+        raise ValueError("fa and fb need at least 2 rows each")
+    if not (torch.isfinite(fa).all() and torch.isfinite(fb).all()):
+        raise ValueError("fa and fb must be finite")
 
-        K, _ = least_steps(q_of_K, steps_grid, threshold)
-        out[label] = (K, cis, runs)
-    return out
+
+def kid(fa, fb):
+    """Kernel inception distance: the unbiased (U-statistic) estimate of ``MMD^2`` between the laws of the rows of
+    ``fa`` (n, k) and ``fb`` (m, k) with the kernel ``k(a, b) = (a.b / k + 1)^3``.  Its expectation is the true
+    ``MMD^2`` (0 for two samples of one law, whatever n and m), unlike the Frechet distance; it can be negative."""
+    _check_features(fa, fb)
+    fa, fb = fa.to(torch.float64), fb.to(torch.float64)
+    one = lambda f: torch.ones(1, f.shape[0], dtype=torch.float64, device=f.device)  # noqa: E731
+    return float(kid_weighted(_poly_kernel(fa, fa), _poly_kernel(fb, fb), _poly_kernel(fa, fb), one(fa), one(fb))[0])
+
+
+def kid_weighted(Kaa, Kbb, Kab, wa, wb):
+    """The KID of two sets given their kernel matrices, with bootstrap weights ``wa`` (B, n), ``wb`` (B, m)
+    (multinomial counts of a resample): ``(B,)`` values.  Within-set terms sum over pairs of *distinct original*
+    rows (``sum_ij w_i w_j K_ij - sum_i w_i^2 K_ii`` over ``(sum w)^2 - sum w^2``), so a resample that repeats a row
+    does not count it as its own neighbour; with all weights 1 this is the unbiased estimate of :func:`kid`."""
+    def within(K, w):
+        return ((w @ K) * w).sum(-1) - (w ** 2 * torch.diagonal(K)).sum(-1), w.sum(-1) ** 2 - (w ** 2).sum(-1)
+    xa, na = within(Kaa, wa)
+    xb, nb = within(Kbb, wb)
+    return xa / na + xb / nb - 2 * ((wa @ Kab) * wb).sum(-1) / (wa.sum(-1) * wb.sum(-1))
+
+
+def kid_bootstrap(fa, fb, *, n_boot=200, generator=None):
+    """:func:`kid` of two feature sets and its bootstrap standard error (both sets resampled, distinct pairs only):
+    ``(value, se)``."""
+    _check_features(fa, fb)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
+        raise ValueError(f"n_boot must be an integer >= 10, got {n_boot!r}")
+    fa, fb = fa.to(torch.float64), fb.to(torch.float64)
+    Ks = _poly_kernel(fa, fa), _poly_kernel(fb, fb), _poly_kernel(fa, fb)
+    wa = multinomial_counts(n_boot, fa.shape[0], generator, fa.device)
+    wb = multinomial_counts(n_boot, fb.shape[0], generator, fb.device)
+    return kid(fa, fb), float(kid_weighted(*Ks, wa, wb).std())
+
+
+def multinomial_counts(B, n, generator=None, device=None):
+    """``(B, n)`` float64 counts of ``n`` draws with replacement from ``n`` items, ``B`` times (bootstrap weights)."""
+    idx = torch.randint(0, n, (B, n), generator=generator, device=device)
+    return torch.zeros(B, n, dtype=torch.float64, device=device).scatter_add_(
+        1, idx, torch.ones(B, n, dtype=torch.float64, device=device))
+
+
+@dataclass
+class Scan:
+    """Features (and pass counters) of every sampler at every ``K`` on every replicate draw."""
+    labels: list                       # sampler labels, in table order
+    steps: list                        # the K grid
+    feats: list                        # feats[r][(label, K)]: (n, k) features of replicate r
+    fd: dict                           # {(label, K): [Frechet distance to the held-out set, per replicate]}
+    passes: dict                       # {(label, K): pass counters of replicate 0's run}
+    clipped: dict                      # {(label, K): rows x steps clipped by the PSD rule, summed over replicates}
+
+
+def scan(rows, score, xTs, schedule, steps_grid, featurize, *, heads=None, table=None, seeds, f_ref=None,
+         progress=False):
+    """Run every sampler ``(label, method, eta)`` of ``rows`` at every ``K`` of ``steps_grid`` on every replicate:
+    replicate ``r`` starts from ``xTs[r]`` and draws its noise from a generator seeded with ``seeds[r]`` (common
+    random numbers across samplers and ``K`` within a replicate).  ``featurize(x)`` maps samples to features;
+    ``f_ref`` (held-out features), if given, adds each run's Frechet distance to it.  Returns a :class:`Scan`."""
+    from .skipstep import even_steps, skip_step
+    if len(xTs) != len(seeds) or len(xTs) < 1:
+        raise ValueError(f"xTs and seeds must have the same positive length, got {len(xTs)} and {len(seeds)}")
+    steps_grid = sorted(steps_grid)
+    if f_ref is not None:
+        mu_ref, C_ref = gaussian_stats(f_ref)
+    feats, fd, passes, clipped = [], {}, {}, {}
+    jobs = [(r, row, K) for r in range(len(xTs)) for row in rows for K in steps_grid]
+    if progress:
+        from tqdm.auto import tqdm
+        jobs = tqdm(jobs, desc="scan (draw, sampler, K)")
+    for r, (label, method, eta), K in jobs:
+        if len(feats) <= r:
+            feats.append({})
+        crn = torch.Generator(device=xTs[r].device).manual_seed(seeds[r])
+        run = skip_step(method, score, xTs[r], schedule, even_steps(schedule.T, K), eta=eta, heads=heads,
+                        table=table, generator=crn)
+        f = featurize(run.x)
+        feats[r][label, K] = f
+        if f_ref is not None:
+            fd.setdefault((label, K), []).append(float(frechet_batched(*gaussian_stats(f), mu_ref, C_ref)))
+        if r == 0:
+            passes[label, K] = run.passes
+        clipped[label, K] = clipped.get((label, K), 0) + run.clipped
+    return Scan([row[0] for row in rows], steps_grid, feats, fd, passes, clipped)
+
+
+class PairedKID:
+    """KID of every (sampler, K) of a :class:`Scan` to the held-out features, averaged over the replicate draws,
+    with a **paired** bootstrap: each bootstrap replicate resamples the held-out images (the same resample for every
+    sampler), the generated images of each draw (the same row indices for every sampler and K of that draw: rows
+    share ``x_T``) and the draws themselves (the same draws for everyone).  Differences between any two
+    (sampler, K) are then judged on the same resamples, which accounts for what they share.
+
+    ``value[(label, K)]``: the mean over draws of the unbiased KID; ``boot[(label, K)]``: (n_boot,) replicates."""
+
+    def __init__(self, sc, f_test, *, n_boot=200, generator=None, level=0.95):
+        if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
+            raise ValueError(f"n_boot must be an integer >= 10, got {n_boot!r}")
+        if not 0 < level < 1:
+            raise ValueError(f"level must lie in (0, 1), got {level}")
+        R = len(sc.feats)
+        dev = f_test.device
+        fy = f_test.to(torch.float64)
+        Kyy = _poly_kernel(fy, fy)
+        n = next(iter(sc.feats[0].values())).shape[0]
+        wy = multinomial_counts(n_boot, fy.shape[0], generator, dev)
+        wx = [multinomial_counts(n_boot, n, generator, dev) for _ in range(R)]
+        c = multinomial_counts(n_boot, R, generator, dev)                      # draws resampled
+        one_x = torch.ones(1, n, dtype=torch.float64, device=dev)
+        one_y = torch.ones(1, fy.shape[0], dtype=torch.float64, device=dev)
+        self.value, self.boot, self.per_draw = {}, {}, {}
+        for key in sc.feats[0]:
+            pts, bs = [], []
+            for r in range(R):
+                fx = sc.feats[r][key].to(torch.float64)
+                _check_features(fx, fy)
+                Kxx, Kxy = _poly_kernel(fx, fx), _poly_kernel(fx, fy)
+                pts.append(float(kid_weighted(Kxx, Kyy, Kxy, one_x, one_y)[0]))
+                bs.append(kid_weighted(Kxx, Kyy, Kxy, wx[r], wy))
+            self.per_draw[key] = pts
+            self.value[key] = sum(pts) / R
+            self.boot[key] = (torch.stack(bs, 1) * c).sum(1) / R
+        self.z = math.sqrt(2) * float(torch.erfinv(torch.tensor(level, dtype=torch.float64)))
+        self.labels, self.steps, self.n_draws = sc.labels, sc.steps, R
+
+    def se(self, key):
+        """Bootstrap standard error of ``value[key]``."""
+        return float(self.boot[key].std())
+
+    def diff(self, a, b):
+        """Paired difference ``value[a] - value[b]`` (keys ``(label, K)``): ``(difference, lo, hi)``, the normal
+        bootstrap interval ``d -+ z sd`` of the paired replicates."""
+        d = self.value[a] - self.value[b]
+        sd = float((self.boot[a] - self.boot[b]).std())
+        return d, d - self.z * sd, d + self.z * sd
+
+    def least_k(self, label, threshold):
+        """The least ``K`` of the grid whose mean KID is at or below ``threshold`` (None if none), and the 2.5% and
+        97.5% quantiles of the least ``K`` over the bootstrap replicates (None where a replicate reaches it nowhere:
+        reported as ``> max K``)."""
+        def first(vals):
+            return next((K for K, v in zip(self.steps, vals) if v <= threshold), None)
+        K = first([self.value[label, K] for K in self.steps])
+        B = self.boot[label, self.steps[0]].shape[0]
+        big = max(self.steps) + 1
+        ks = sorted((first([float(self.boot[label, K][b]) for K in self.steps]) or big) for b in range(B))
+        lo, hi = ks[int(0.025 * (B - 1))], ks[int(math.ceil(0.975 * (B - 1)))]
+        return K, (lo if lo < big else None, hi if hi < big else None)
+
+
+def paired_kid(sc, f_test, *, n_boot=200, generator=None, level=0.95):
+    """:class:`PairedKID` of a :class:`Scan` (see there)."""
+    return PairedKID(sc, f_test, n_boot=n_boot, generator=generator, level=level)

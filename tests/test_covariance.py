@@ -159,3 +159,69 @@ def test_short_retraining_lands_near_shipped_loss():
     loss_fresh = nets.dsm_loss(fresh, x0, sch, torch.Generator().manual_seed(5)).detach().item()
     assert loss_shipped <= loss_fresh * 1.05                 # the shipped net is at least as trained
     assert loss_fresh < 1.3 * loss_shipped, (loss_fresh, loss_shipped)   # a short retraining lands near it
+
+
+def _grid_1d_gamma(lab, n=40001):
+    """E ||s||^2 / d of 003's grid by 1-D quadrature: the grid is a product of two copies of the 1-D mixture
+    (1/3) sum_m N(m, 0.01), m in {-3, 0, 3}, so E||s||^2 is twice the 1-D integral of q_t' (x)^2 / q_t(x)."""
+    a2, s2 = math.exp(lab), -math.expm1(lab)
+    v = 0.01 * a2 + s2
+    x = torch.linspace(-12, 12, n, dtype=torch.float64)
+    comps = torch.stack([torch.exp(-(x - math.sqrt(a2) * m) ** 2 / (2 * v)) / math.sqrt(2 * math.pi * v)
+                         for m in (-3.0, 0.0, 3.0)]) / 3
+    q = comps.sum(0)
+    dq = (comps * -(x - math.sqrt(a2) * torch.tensor([-3.0, 0.0, 3.0], dtype=torch.float64)[:, None]) / v).sum(0)
+    return float(torch.trapezoid(dq ** 2 / q.clamp_min(1e-300), x))  # (2 coordinates x 1-D integral) / d = 1-D
+
+
+@pytest.mark.parametrize("t", [20, 150, 500, 950])
+def test_analytic_table_exact_matches_quadrature(t):
+    """tau_0^2 from the exact per-point trace (Monte Carlo, with its standard error) agrees with tau_0^2 from
+    E||s||^2 by 1-D quadrature on the product grid, to 4 standard errors; at t = 950, where the E||s||^2 route
+    magnifies errors by sigma^4 / alpha^2, the exact route still has a small relative error."""
+    grid = cv.mixture_003("grid")
+    lab = float(schedules.linear(1000).log_alphabar[t])
+    a2, s2 = math.exp(lab), -math.expm1(lab)
+    tab = cv.analytic_table_exact(grid, [lab, lab / 2], n=20_000, generator=torch.Generator().manual_seed(t))
+    want = (s2 - s2 ** 2 * _grid_1d_gamma(lab)) / a2
+    got = float(tab.tau2(lab))
+    se = float(tab.tau2_se[0])
+    assert abs(got - want) <= 4 * se + 1e-9 * abs(want), (got, want, se)
+    assert se < 0.05 * want
+    if t == 950:                       # the Monte Carlo E||s||^2 route at the same size is far off (power)
+        mc = cv.analytic_table(grid, lambda b, g: grid.sample(b, generator=g), [lab, lab / 2], n=20_000,
+                               generator=torch.Generator().manual_seed(t))
+        assert abs(float(mc.tau2(lab)) - want) > 100 * se
+
+
+def test_analytic_table_exact_bad_input():
+    with pytest.raises(ValueError, match="target"):
+        cv.analytic_table_exact(object(), [-1.0])
+    with pytest.raises(ValueError, match="n"):
+        cv.analytic_table_exact(cv.mixture_003("grid"), [-1.0], n=1)
+
+
+def test_point_errors_match_covariance_errors():
+    """covariance_errors is the ratio of means of point_errors at the same points (same generator state)."""
+    grid, sch = cv.mixture_003("grid"), schedules.linear(1000)
+    labs = sch.log_alphabar
+    e, _ = cv.covariance_errors(("beta", "exact_diag"), grid, grid, sch, [100], 64,
+                                generator=torch.Generator().manual_seed(3))
+    x = grid.sample(64, labs[100], generator=torch.Generator().manual_seed(3))
+    pe, ref, _ = cv.point_errors(("beta", "exact_diag"), grid, grid, labs[100], x, lab_prev=labs[99])
+    for m in ("beta", "exact_diag"):
+        assert float(e[m][0]) == pytest.approx(float(pe[m].mean() / ref.mean()), rel=1e-6)  # float32 tensor
+    assert float(pe["exact_diag"].max()) < 1e-10 * float(ref.mean())     # exact on the product grid
+
+
+def test_fresh_draw_weights_are_a_second_seeded_draw():
+    """Chapter 03's learned_score check uses a second score net and its OCM head (``train_003.py --fresh``): seeds 1
+    and 11 recorded, the same settings as the shipped pair, a different net of the same quality."""
+    net0, m0 = nets.load(WEIGHTS / "003_score_grid.pt")
+    net1, m1 = nets.load(WEIGHTS / "003_score_grid_fresh.pt")
+    head, mh = nets.load(WEIGHTS / "003_head_ocm_grid_net_fresh.pt")
+    assert (m1["seed"], mh["seed"], m1["steps"], m1["T"]) == (1, 11, m0["steps"], m0["T"])
+    assert m0["seed"] != m1["seed"]
+    p0, p1 = torch.cat([p.flatten() for p in net0.parameters()]), torch.cat([p.flatten() for p in net1.parameters()])
+    assert p0.shape == p1.shape and not torch.allclose(p0, p1)
+    assert abs(m1["final_loss"] - m0["final_loss"]) < 0.1 * m0["final_loss"]

@@ -1,5 +1,7 @@
 """The 8x8 digits experiment (chapter 06): data split, classifier features, Frechet distance and its bootstrap
-interval, the cost factor."""
+interval, the kernel distance (KID) and its paired bootstrap, the cost factor."""
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -154,3 +156,104 @@ def test_cost_factor_from_counted_passes(split):
     assert dg.cost_factor({"forward": 1, "vjp": 2, "head": 0}, 1, 10) == 1 + 2 * dg.VJP_COST
     with pytest.raises(ValueError, match="p_head"):
         dg.cost_factor({"forward": 3, "vjp": 0, "head": 3}, 3, ps)
+
+
+# ---- KID and the paired bootstrap ---------------------------------------------------------------------------------
+def _kid_loops(a, b):
+    """The unbiased MMD^2 with k(x, y) = (x.y / k + 1)^3, by explicit sums (numpy, independent of the package)."""
+    a, b = a.numpy(), b.numpy()
+    k = lambda x, y: (x @ y / a.shape[1] + 1.0) ** 3  # noqa: E731
+    n, m = len(a), len(b)
+    xx = sum(k(a[i], a[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(b[i], b[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(a[i], b[j]) for i in range(n) for j in range(m)) / (n * m)
+    return xx + yy - 2 * xy
+
+
+def test_kid_matches_explicit_sums_and_is_symmetric():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(13, 4, dtype=torch.float64, generator=g)
+    b = torch.randn(9, 4, dtype=torch.float64, generator=g) + 0.3
+    assert dg.kid(a, b) == pytest.approx(_kid_loops(a, b), rel=1e-10)
+    assert dg.kid(a, b) == pytest.approx(dg.kid(b, a), rel=1e-12)
+
+
+def test_kid_unbiased_where_frechet_is_not():
+    """Two samples of one law: the KID averages to 0 within its Monte Carlo error, the Frechet distance does not."""
+    g = torch.Generator().manual_seed(1)
+    kids, fds = [], []
+    for _ in range(200):
+        a = torch.randn(40, 8, dtype=torch.float64, generator=g)
+        b = torch.randn(40, 8, dtype=torch.float64, generator=g)
+        kids.append(dg.kid(a, b))
+        fds.append(float(dg.frechet_batched(*dg.gaussian_stats(a), *dg.gaussian_stats(b))))
+    kids, fds = torch.tensor(kids), torch.tensor(fds)
+    assert abs(float(kids.mean())) < 3 * float(kids.std()) / math.sqrt(len(kids))
+    assert float(fds.mean()) > 10 * float(fds.std()) / math.sqrt(len(fds))
+    # power: a shifted law gives a KID clearly above 0 at the same size
+    shifted = [dg.kid(torch.randn(40, 8, dtype=torch.float64, generator=g),
+                      torch.randn(40, 8, dtype=torch.float64, generator=g) + 0.5) for _ in range(50)]
+    assert float(torch.tensor(shifted).mean()) > 5 * float(kids.std()) / math.sqrt(len(kids))
+
+
+def test_kid_weighted_is_the_distinct_pair_statistic_of_a_resample():
+    """With multinomial counts the weighted KID equals the U-statistic over the resampled multiset that skips pairs
+    of copies of one original row (brute force over the expanded rows)."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(7, 3, dtype=torch.float64, generator=g)
+    b = torch.randn(6, 3, dtype=torch.float64, generator=g)
+    wa, wb = dg.multinomial_counts(1, 7, g), dg.multinomial_counts(1, 6, g)
+    assert float(wa.sum()) == 7 and float(wb.sum()) == 6
+    K = lambda x, y: (x @ y.T / 3 + 1.0) ** 3  # noqa: E731
+    got = float(dg.kid_weighted(K(a, a), K(b, b), K(a, b), wa, wb)[0])
+    ia = [i for i in range(7) for _ in range(int(wa[0, i]))]
+    ib = [i for i in range(6) for _ in range(int(wb[0, i]))]
+
+    def within(x, idx):
+        vals = [float(K(x[i:i + 1], x[j:j + 1])) for p, i in enumerate(idx) for q, j in enumerate(idx)
+                if p != q and i != j]
+        return sum(vals) / len(vals)
+    xy = sum(float(K(a[i:i + 1], b[j:j + 1])) for i in ia for j in ib) / (len(ia) * len(ib))
+    assert got == pytest.approx(within(a, ia) + within(b, ib) - 2 * xy, rel=1e-10)
+    ones = lambda n: torch.ones(1, n, dtype=torch.float64)  # noqa: E731
+    assert float(dg.kid_weighted(K(a, a), K(b, b), K(a, b), ones(7), ones(6))[0]) == pytest.approx(dg.kid(a, b))
+
+
+def _fake_scan(shift_b=0.0, R=3, n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = []
+    for _ in range(R):
+        base = torch.randn(n, 5, dtype=torch.float64, generator=g)
+        feats.append({("A", 1): base + 1.0, ("A", 2): base + 0.2, ("B", 1): base + 1.0 + shift_b,
+                      ("B", 2): base + 0.2 + shift_b})
+    return dg.Scan(["A", "B"], [1, 2], feats, {}, {}, {})
+
+
+def test_paired_kid_differences_and_least_k():
+    f_test = torch.randn(80, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    pk = dg.paired_kid(_fake_scan(0.0), f_test, n_boot=50, generator=torch.Generator().manual_seed(4))
+    d, lo, hi = pk.diff(("A", 2), ("B", 2))                # identical samples: exactly no difference
+    assert d == 0 and lo == 0 and hi == 0
+    d, lo, hi = pk.diff(("A", 2), ("A", 1))                # a shift of 0.2 against 1.0: clearly better
+    assert hi < 0 and lo < d < hi
+    assert pk.value["A", 2] == pytest.approx(sum(dg.kid(f, f_test) for f in
+                                                 [s[("A", 2)] for s in _fake_scan(0.0).feats]) / 3)
+    K, (klo, khi) = pk.least_k("A", threshold=0.5 * (pk.value["A", 1] + pk.value["A", 2]))
+    assert K == 2 and klo == 2 and khi == 2
+    K, (klo, khi) = pk.least_k("A", threshold=-1.0)
+    assert K is None and klo is None and khi is None
+    # pairing: B shares A's rows, shifted; the paired interval is narrower than the unpaired one and resolves it
+    pk2 = dg.paired_kid(_fake_scan(0.3), f_test, n_boot=50, generator=torch.Generator().manual_seed(4))
+    d, lo, hi = pk2.diff(("A", 2), ("B", 2))
+    assert hi < 0
+    assert (hi - lo) / (2 * pk2.z) < math.hypot(pk2.se(("A", 2)), pk2.se(("B", 2)))
+
+
+@pytest.mark.parametrize("call", [lambda: dg.kid(torch.zeros(1, 3), torch.zeros(4, 3)),
+                                  lambda: dg.kid(torch.zeros(3, 2), torch.zeros(4, 3)),
+                                  lambda: dg.kid(torch.full((3, 2), float("nan")), torch.zeros(4, 2)),
+                                  lambda: dg.kid_bootstrap(torch.zeros(3, 2), torch.zeros(4, 2), n_boot=5),
+                                  lambda: dg.paired_kid(_fake_scan(), torch.zeros(9, 5), n_boot=True)])
+def test_kid_bad_input(call):
+    with pytest.raises(ValueError):
+        call()
