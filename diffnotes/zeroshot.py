@@ -126,12 +126,14 @@ def _check_int(v, name, lo):
 
 
 def _score_dim(score):
-    """The dimension of an affine score (from its coefficients) or of a target's bound ``score`` method, else None."""
+    """The dimension of an affine score (from its coefficients), of a target's bound ``score`` method or of a
+    :class:`~diffnotes.nets.NetScore`, else None (then it is not checked)."""
     if isinstance(score, AffineScore):
         _, b = score.coeffs(torch.tensor(-1.0, dtype=torch.float64))
         return b.numel()
-    owner = getattr(score, "__self__", None)
-    return getattr(owner, "d", None) if isinstance(getattr(owner, "d", None), int) else None
+    owner = getattr(score, "__self__", None) or getattr(score, "net", None)    # a target's method, a NetScore
+    d = getattr(owner, "d", None)
+    return d if isinstance(d, int) and not isinstance(d, bool) else None
 
 
 # ---- zero-shot corrections ---------------------------------------------------------------------------------------

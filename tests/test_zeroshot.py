@@ -222,6 +222,9 @@ def test_H_columns_must_match_prior_dimension(method):
         Z.zero_shot_score(PRIOR.score, H5, Y, 0.1, method)
     with pytest.raises(ValueError, match="H"):
         Z.row_space_target(PRIOR, H5, Y, 0.1)
+    from diffnotes import nets
+    with pytest.raises(ValueError, match="H"):
+        Z.zero_shot_score(nets.NetScore(nets.EpsMLP(4, hidden=8, layers=1, seed=0)), H5, Y, 0.1, method)
 
 
 def test_exact_law_and_sample_check_d_and_n():
@@ -326,3 +329,21 @@ def test_mismatch_floor_equals_full_computation():
     sch = Z.paper_schedule(40)
     full = metrics.kl_gaussian(tgt, Z.exact_law(trn.affine_score(), 5, sch))
     assert abs(float(Z.mismatch_floor(tgt, trn, sch)) - float(full)) < 1e-9 * max(1.0, float(full))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampler_on_cuda_matches_exact_law():
+    """A GPU run is a GPU run: the mixture prior, H, y and the runs live on the device, with a CUDA generator
+    (its stream differs from the CPU's, so the check is against the exact law, within Monte Carlo error)."""
+    dev = torch.device("cuda")
+    g = Z.zero_shot_score(GAUSS.to(dev).affine_score(), H.to(dev), Y.to(dev), 0.2, "bo")
+    sch = Z.paper_schedule(30)
+    n = 50_000
+    x = Z.sample(g, n, 4, sch, generator=torch.Generator(dev).manual_seed(0)).x
+    assert x.device.type == "cuda"
+    L = Z.exact_law(Z.zero_shot_score(GAUSS.affine_score(), H, Y, 0.2, "bo"), 4, sch)
+    assert ((x.mean(0).cpu() - L.loc).abs() < 5 * (L.cov.diagonal() / n).sqrt()).all()
+    mix = Z.random_mixture(4, 3, torch.Generator().manual_seed(2), ridge=0.05, device=dev)
+    assert mix.device.type == "cuda"
+    terms, var = Z.bias_terms_mc(mix, mix.score, sch, 100, generator=torch.Generator(dev).manual_seed(1))
+    assert float(terms.abs().max()) < 1e-12
