@@ -19,6 +19,7 @@ bias term ``W_bias(T) = sum_t (1 - alpha_t) / 2 E_{Qtilde_t} ||Delta_t||^2`` (:f
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -111,7 +112,7 @@ def _check_sigma_y(sigma_y):
     """A real number or a 0-d tensor, finite and >= 0 (bools are refused): returned as a float."""
     if isinstance(sigma_y, bool) or (torch.is_tensor(sigma_y) and (sigma_y.ndim != 0 or sigma_y.dtype == torch.bool)):
         raise ValueError(f"sigma_y must be a real number or a 0-d tensor, got {sigma_y!r}")
-    if not isinstance(sigma_y, (int, float)) and not torch.is_tensor(sigma_y):
+    if not isinstance(sigma_y, numbers.Real) and not torch.is_tensor(sigma_y):
         raise ValueError(f"sigma_y must be a real number or a 0-d tensor, got {sigma_y!r}")
     v = float(sigma_y)
     if not (math.isfinite(v) and v >= 0):

@@ -191,8 +191,12 @@ def test_sigma_y_accepts_real_numbers_and_0d_tensors():
     assert torch.equal(a, b)
     assert torch.equal(Z.bo_correction(H, Y, 1)(X, torch.tensor(-0.5)),
                        Z.bo_correction(H, Y, 1.0)(X, torch.tensor(-0.5)))
+    import numpy as np
+    assert torch.equal(Z.bo_correction(H, Y, np.float64(0.3))(X, torch.tensor(-0.5)), a)
     with pytest.raises(ValueError, match="sigma_y"):
         Z.bo_correction(H, Y, True)
+    with pytest.raises(ValueError, match="sigma_y"):
+        Z.bo_correction(H, Y, torch.tensor(True))
     with pytest.raises(ValueError, match="sigma_y"):
         Z.row_space_target(PRIOR, H, Y, float("inf"))
 
