@@ -19,6 +19,7 @@ bias term ``W_bias(T) = sum_t (1 - alpha_t) / 2 E_{Qtilde_t} ||Delta_t||^2`` (:f
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -26,8 +27,9 @@ from . import laws, metrics, samplers as S
 from .schedules import from_betas
 from .targets import AffineScore, DiagonalGaussian, Gaussian, GaussianMixture, noise_level
 
-__all__ = ["paper_schedule", "projectors", "ddnm_correction", "bo_correction", "null_projected",
-           "zero_shot_score", "sample", "exact_law", "bias_terms_gaussian", "bias_terms_mc",
+__all__ = ["paper_schedule", "projectors", "ddnm_correction", "bo_correction", "null_projected", "row_projected",
+           "zero_shot_score", "with_exact_part", "correction_ratio", "sample", "exact_law", "bias_terms_gaussian",
+           "bias_split_gaussian", "mismatch_floor", "bias_terms_mc",
            "row_space_target", "last_kernel_logdensity", "kl_to_sampler_mc", "moment_kl", "random_mixture", "VARIANCE",
            "paper_mixture", "sample_last_kernel", "kl_last_kernel"]
 
@@ -51,16 +53,19 @@ def paper_schedule(T, c1=4.0, beta1=1e-3):
     return from_betas(b[:T], beta_next=b[T], name=f"paper(T={T}, c1={c1}, beta1={beta1})")
 
 
-def random_mixture(d, K, generator, *, shared_cov=True, ridge=0.0):
+def random_mixture(d, K, generator, *, shared_cov=True, ridge=0.0, device=None):
     """000's synthetic prior: means uniform in ``[-1, 1]^d``, covariance ``A A^T / d + ridge I`` with ``A``
     uniform in ``[0, 2]^{d x d}`` (one shared matrix, as in their code, where ``ridge = 0``), equal weights.
     ``A A^T / d`` can have an eigenvalue below the last step's noise variance ``beta_1 / alpha_1``; ``ridge``
-    keeps the prior away from that regime."""
-    means = 2 * torch.rand(K, d, dtype=torch.float64, generator=generator) - 1
+    keeps the prior away from that regime.  The draws are made on the generator's device and the mixture is
+    moved to ``device`` (default: the generator's), so the same CPU generator gives the same prior anywhere."""
+    dev = generator.device if generator is not None else torch.device("cpu")
+    means = 2 * torch.rand(K, d, dtype=torch.float64, generator=generator, device=dev) - 1
     nA = 1 if shared_cov else K
-    A = 2 * torch.rand(nA, d, d, dtype=torch.float64, generator=generator)
-    covs = (A @ A.transpose(1, 2) / d + ridge * torch.eye(d, dtype=torch.float64)).expand(K, d, d)
-    return GaussianMixture(torch.full((K,), 1.0 / K, dtype=torch.float64), means, covs)
+    A = 2 * torch.rand(nA, d, d, dtype=torch.float64, generator=generator, device=dev)
+    covs = (A @ A.transpose(1, 2) / d + ridge * torch.eye(d, dtype=torch.float64, device=dev)).expand(K, d, d)
+    mix = GaussianMixture(torch.full((K,), 1.0 / K, dtype=torch.float64, device=dev), means, covs)
+    return mix if device is None else mix.to(device)
 
 
 def paper_mixture():
@@ -78,15 +83,61 @@ def paper_mixture():
                            C.expand(4, 4, 4))
 
 
-# ---- zero-shot corrections ---------------------------------------------------------------------------------------
-def _check_Hy(H, y):
-    H = torch.as_tensor(H, dtype=torch.float64)
+# ---- checks of the inputs -----------------------------------------------------------------------------------------
+def _finite_tensor(v, name):
+    if isinstance(v, bool) or (torch.is_tensor(v) and v.dtype == torch.bool):
+        raise ValueError(f"{name} must hold numbers, got a bool")
+    try:
+        t = torch.as_tensor(v, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a tensor of numbers, got {type(v).__name__}") from None
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+    return t
+
+
+def _check_Hy(H, y, d=None):
+    H = _finite_tensor(H, "H")
     if H.ndim != 2:
         raise ValueError(f"H must be a (p, d) matrix, got shape {tuple(H.shape)}")
-    y = torch.as_tensor(y, dtype=torch.float64, device=H.device).reshape(-1)
+    if d is not None and H.shape[1] != d:
+        raise ValueError(f"H must have {d} columns (the prior's dimension d), got shape {tuple(H.shape)}")
+    y = _finite_tensor(y, "y").to(H.device).reshape(-1)
     if y.numel() != H.shape[0]:
         raise ValueError(f"y must have {H.shape[0]} entries (rows of H), got {y.numel()}")
     return H, y
+
+
+def _check_sigma_y(sigma_y):
+    """A real number or a 0-d tensor, finite and >= 0 (bools are refused): returned as a float."""
+    if isinstance(sigma_y, bool) or (torch.is_tensor(sigma_y) and (sigma_y.ndim != 0 or sigma_y.dtype == torch.bool)):
+        raise ValueError(f"sigma_y must be a real number or a 0-d tensor, got {sigma_y!r}")
+    if not isinstance(sigma_y, numbers.Real) and not torch.is_tensor(sigma_y):
+        raise ValueError(f"sigma_y must be a real number or a 0-d tensor, got {sigma_y!r}")
+    v = float(sigma_y)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"sigma_y must be finite and >= 0, got {sigma_y!r}")
+    return v
+
+
+def _check_int(v, name, lo):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _score_dim(score):
+    """The dimension of an affine score (from its coefficients), of a target's bound ``score`` method or of a
+    :class:`~diffnotes.nets.NetScore`, else None (then it is not checked)."""
+    if isinstance(score, AffineScore):
+        _, b = score.coeffs(torch.tensor(-1.0, dtype=torch.float64))
+        return b.numel()
+    owner = getattr(score, "__self__", None) or getattr(score, "net", None)    # a target's method, a NetScore
+    d = getattr(owner, "d", None)
+    return d if isinstance(d, int) and not isinstance(d, bool) else None
+
+
+# ---- zero-shot corrections ---------------------------------------------------------------------------------------
 
 
 def projectors(H):
@@ -115,8 +166,7 @@ def bo_correction(H, y, sigma_y):
     """BO-DDNM's ``f*(x) = Sigma_t^{-1} (sqrt(ab) H^+ y - P x)``, ``Sigma_t = ab sigma_y^2 H^+ H^+T + (1 - ab) I``
     (000, Theorem 3), as an :class:`AffineScore`.  Equals :func:`ddnm_correction` at ``sigma_y = 0``."""
     H, y = _check_Hy(H, y)
-    if not (isinstance(sigma_y, (int, float)) and sigma_y >= 0):
-        raise ValueError(f"sigma_y must be a number >= 0, got {sigma_y!r}")
+    sigma_y = _check_sigma_y(sigma_y)
     Hp, P = projectors(H)
     Hy, HHt = Hp @ y, Hp @ Hp.T
     eye = torch.eye(H.shape[1], dtype=torch.float64, device=H.device)
@@ -129,10 +179,7 @@ def bo_correction(H, y, sigma_y):
     return AffineScore(coeffs)
 
 
-def null_projected(score, H):
-    """``(I - P) score``: an :class:`AffineScore` when ``score`` is one, else a callable."""
-    _, P = projectors(torch.as_tensor(H, dtype=torch.float64))
-    Q = torch.eye(P.shape[0], dtype=P.dtype, device=P.device) - P
+def _projected(score, Q):
     if isinstance(score, AffineScore):
         def coeffs(lab):
             A, b = score.coeffs(lab)
@@ -142,10 +189,55 @@ def null_projected(score, H):
     return lambda x, lab: score(x, lab) @ Q
 
 
+def null_projected(score, H):
+    """``(I - P) score``: an :class:`AffineScore` when ``score`` is one, else a callable."""
+    _, P = projectors(_finite_tensor(H, "H"))
+    return _projected(score, torch.eye(P.shape[0], dtype=P.dtype, device=P.device) - P)
+
+
+def row_projected(score, H):
+    """``P score`` (the row-space part): an :class:`AffineScore` when ``score`` is one, else a callable."""
+    _, P = projectors(_finite_tensor(H, "H"))
+    return _projected(score, P)
+
+
+def with_exact_part(score, exact, H, part):
+    """``score`` with its ``part`` (``"row"``: ``P``, ``"null"``: ``I - P``) replaced by that part of ``exact``:
+    ``(I - P) score + P exact`` or ``P score + (I - P) exact``.  Both are affine when the inputs are.  Used to ask
+    which part of a zero-shot score makes its error: the two parts of ``Delta = exact - score`` are orthogonal."""
+    if part == "row":
+        a, b = null_projected(score, H), row_projected(exact, H)
+    elif part == "null":
+        a, b = row_projected(score, H), null_projected(exact, H)
+    else:
+        raise ValueError(f"part must be 'row' or 'null', got {part!r}")
+    if isinstance(a, AffineScore) and isinstance(b, AffineScore):
+        return a + b
+    return lambda x, lab: a(x, lab) + b(x, lab)
+
+
+def correction_ratio(H, sigma_y, schedule):
+    """``r_t = alphabar_t sigma_y^2 / ((1 - alphabar_t) s_min^2)``, ``t = 1..T`` (``s_min`` the smallest nonzero
+    singular value of ``H``): along the corresponding right singular vector BO-DDNM's correction is DDNM's times
+    ``1 / (1 + r_t)``, so the two differ by the relative amount ``r_t / (1 + r_t)`` there (less elsewhere)."""
+    H = _finite_tensor(H, "H")
+    sigma_y = _check_sigma_y(sigma_y)
+    s = torch.linalg.svdvals(H)
+    s = s[s > s.max() * max(H.shape) * torch.finfo(s.dtype).eps]
+    if s.numel() == 0:
+        raise ValueError("H must not be zero")
+    ab, omab = schedule.alphabar[1:schedule.T + 1], schedule.one_minus_alphabar[1:schedule.T + 1]
+    return ab * sigma_y ** 2 / (omab * float(s.min()) ** 2)
+
+
 def zero_shot_score(prior_score, H, y, sigma_y=0.0, method="ddnm"):
     """``g_{t,y} = (I - P) prior_score + f`` with ``f`` of ``method`` ``"ddnm"`` or ``"bo"`` (BO-DDNM).
 
+    ``sigma_y`` is checked for both methods (DDNM does not use it); ``H`` must have as many columns as the prior's
+    dimension when that can be read off ``prior_score`` (an :class:`AffineScore` or a target's ``score`` method).
     An :class:`AffineScore` when ``prior_score`` is affine (exact laws then apply), else a plain callable."""
+    sigma_y = _check_sigma_y(sigma_y)
+    H, y = _check_Hy(H, y, _score_dim(prior_score))
     if method == "ddnm":
         f = ddnm_correction(H, y)
     elif method == "bo":
@@ -159,22 +251,38 @@ def zero_shot_score(prior_score, H, y, sigma_y=0.0, method="ddnm"):
 
 
 # ---- running the sampler and its exact law ------------------------------------------------------------------------
-def sample(score, n, d, schedule, *, generator=None, device="cpu", stop=0, progress=False):
+def _check_d(score, d):
+    _check_int(d, "d", 1)
+    sd = _score_dim(score)
+    if sd is not None and sd != d:
+        raise ValueError(f"d = {d} does not match the score's dimension {sd}")
+    return d
+
+
+def sample(score, n, d, schedule, *, generator=None, device=None, stop=0, progress=False):
     """``n`` runs of 000's sampler (DDPM, variance ``(1 - alpha)/alpha``) from ``N(0, I_d)``: a
-    :class:`~diffnotes.samplers.Samples` (``.x``, ``.nfe``)."""
+    :class:`~diffnotes.samplers.Samples` (``.x``, ``.nfe``).  The runs live on ``device`` (default: the
+    generator's device, else the CPU); the generator must be on that device (torch draws there)."""
+    _check_int(n, "n", 1)
+    _check_d(score, d)
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
     x = torch.randn(n, d, dtype=torch.float64, device=device, generator=generator)
     return S.ddpm(score, x, schedule, variance=VARIANCE, generator=generator, stop=stop, progress=progress)
 
 
-def exact_law(score, d, schedule, *, final_noise=True, diagonal=False):
-    """Exact Gaussian law of the output ``x_0`` of 000's sampler with an affine ``score``, started at
-    ``N(0, I_d)``.  ``final_noise=False`` drops the noise of the last step ``t = 1`` (the usual DDPM practice,
-    Ho et al. 2020: output the mean at ``t = 1``)."""
+def exact_law(score, d, schedule, *, final_noise=True, diagonal=False, stop=0):
+    """Exact Gaussian law of the output ``x_stop`` (default ``x_0``) of 000's sampler with an affine ``score``,
+    started at ``N(0, I_d)``.  ``final_noise=False`` drops the noise of the last step ``t = 1`` (the usual DDPM
+    practice, Ho et al. 2020: output the mean at ``t = 1``); ``stop = 1`` is the law at the first step ``t = 1``."""
+    _check_d(score, d)
+    if isinstance(stop, bool) or not isinstance(stop, int) or not 0 <= stop < schedule.T:
+        raise ValueError(f"stop must be an integer in [0, T) = [0, {schedule.T}), got {stop!r}")
     z = torch.zeros(d, dtype=torch.float64)
     init = DiagonalGaussian(z, torch.ones(d, dtype=torch.float64)) if diagonal else \
         Gaussian(z, torch.eye(d, dtype=torch.float64))
-    if final_noise:
-        return laws.law(S.ddpm, score, init, schedule, variance=VARIANCE)
+    if final_noise or stop > 0:
+        return laws.law(S.ddpm, score, init, schedule, stop=stop, variance=VARIANCE)
     L = laws.law(S.ddpm, score, init, schedule, stop=1, variance=VARIANCE)
     M, c, _, _ = laws.step_maps(S.ddpm, score, schedule, 1, variance=VARIANCE)
     if isinstance(L, DiagonalGaussian) and M.ndim == 1:
@@ -190,26 +298,60 @@ def _marginal_moments(target, lab):
     return (m.loc, m.var) if isinstance(m, DiagonalGaussian) else (m.loc, m.cov)
 
 
-def bias_terms_gaussian(target, score, schedule):
-    """Per-step bias terms ``w_t = (1 - alpha_t)/2 E_{Qtilde_t} ||grad log qtilde_t - g_t||^2``, ``t = 1..T``,
-    in closed form for a Gaussian ``target`` and an affine ``score`` ``g``:
-    ``E ||D x + e||^2 = ||D m + e||^2 + tr(D C D^T)`` for ``x ~ N(m, C)``.  Returns a ``(T,)`` tensor."""
+def _bias_terms(target, score, schedule, projs):
     if not isinstance(score, AffineScore):
         raise ValueError("score must be an AffineScore for the closed-form bias terms")
     ts, out = target.affine_score(), []
+    full = (lambda A: torch.diag(A) if A.ndim == 1 else A)
     for t in range(1, schedule.T + 1):
         lab = schedule.log_alphabar[t]
         (A1, b1), (A2, b2) = ts.coeffs(lab), score.coeffs(lab)
         m, C = _marginal_moments(target, lab)
-        if A1.ndim == 1 and A2.ndim == 1 and C.ndim == 1:
-            D, e = A1 - A2, b1 - b2
-            val = ((D * m + e) ** 2).sum() + (D * D * C).sum()
-        else:
-            full = (lambda A: torch.diag(A) if A.ndim == 1 else A)
-            D, e, C = full(A1) - full(A2), b1 - b2, full(C)
-            val = ((D @ m + e) ** 2).sum() + torch.trace(D @ C @ D.T)
-        out.append(0.5 * schedule.beta[t] * val)
-    return torch.stack(out)
+        vals = []
+        for R in projs:
+            if R is None and A1.ndim == 1 and A2.ndim == 1 and C.ndim == 1:
+                D, e = A1 - A2, b1 - b2
+                vals.append(((D * m + e) ** 2).sum() + (D * D * C).sum())
+                continue
+            D, e, Cf = full(A1) - full(A2), b1 - b2, full(C)
+            if R is not None:
+                D, e = R @ D, R @ e
+            vals.append(((D @ m + e) ** 2).sum() + torch.trace(D @ Cf @ D.T))
+        out.append(0.5 * schedule.beta[t] * torch.stack(vals))
+    return torch.stack(out).T
+
+
+def bias_terms_gaussian(target, score, schedule):
+    """Per-step bias terms ``w_t = (1 - alpha_t)/2 E_{Qtilde_t} ||grad log qtilde_t - g_t||^2``, ``t = 1..T``,
+    in closed form for a Gaussian ``target`` and an affine ``score`` ``g``:
+    ``E ||D x + e||^2 = ||D m + e||^2 + tr(D C D^T)`` for ``x ~ N(m, C)``.  Returns a ``(T,)`` tensor."""
+    return _bias_terms(target, score, schedule, [None])[0]
+
+
+def bias_split_gaussian(target, score, schedule, H):
+    """The per-step bias terms of :func:`bias_terms_gaussian` split exactly into their row-space and null-space
+    parts, ``(1 - alpha_t)/2 E ||P Delta_t||^2`` and ``(1 - alpha_t)/2 E ||(I - P) Delta_t||^2`` with
+    ``P = H^+ H`` (the parts are orthogonal, so they add up to the total).  Returns ``(row (T,), null (T,))``.
+    A zero-shot score ``(I - P) s + f`` has ``(I - P) Delta = (I - P)(grad log q_{t|y} - s)`` whatever ``f``: no
+    correction acting in the row space changes the null-space part."""
+    H = _finite_tensor(H, "H")
+    _, P = projectors(H)
+    Q = torch.eye(P.shape[0], dtype=P.dtype, device=P.device) - P
+    row, null = _bias_terms(target, score, schedule, [P, Q])
+    return row, null
+
+
+def mismatch_floor(target, training, schedule):
+    """``KL(target || P_0)`` (exact) for 000's sampler run with the exact score of the Gaussian ``training`` law on
+    a Gaussian ``target`` of any correlation.  The sampler's maps all commute with the training covariance, so its
+    output law is diagonal in the training law's eigenbasis: it is propagated there in ``O(T d)`` and compared
+    with the target rotated into that basis (one eigendecomposition and one Cholesky factorisation)."""
+    if not (isinstance(target, Gaussian) and isinstance(training, Gaussian)) or target.d != training.d:
+        raise ValueError("target and training must be Gaussians of the same dimension")
+    diag, U = training.eigenbasis()
+    law = exact_law(diag.affine_score(), target.d, schedule, diagonal=True)
+    C = U.T @ target.cov @ U
+    return metrics.kl_gaussian(Gaussian(U.T @ target.loc, 0.5 * (C + C.T)), law)
 
 
 def bias_terms_mc(target, score, schedule, n, *, generator=None):
@@ -234,9 +376,11 @@ def row_space_target(prior, H, y, sigma_y):
     the row-space part of ``x0`` is read off the measurement alone ("flat" row-space prior).  A mixture with
     means ``(I - P) m_k + H^+ y`` and covariances ``(I - P) Sigma_k (I - P) + sigma_y^2 H^+ H^+T``.  At every
     noise level its score has row-space part exactly ``f*`` (000, Theorem 3 in the sense that holds)."""
-    H, y = _check_Hy(H, y)
+    sigma_y = _check_sigma_y(sigma_y)
+    H, y = _check_Hy(H, y, prior.d)
+    H, y = H.to(prior.device), y.to(prior.device)
     Hp, P = projectors(H)
-    Q = torch.eye(P.shape[0], dtype=P.dtype) - P
+    Q = torch.eye(P.shape[0], dtype=P.dtype, device=P.device) - P
     means = prior.means @ Q + Hp @ y
     covs = Q @ prior.covs @ Q + sigma_y ** 2 * (Hp @ Hp.T)
     return GaussianMixture(prior.weights, means, 0.5 * (covs + covs.transpose(1, 2)))
@@ -290,7 +434,7 @@ def _last_step(score, x1, schedule):
     return (x1 + beta1 * score(x1, lab1)) / alpha1.sqrt(), float(beta1 / alpha1)
 
 
-def sample_last_kernel(score, n, d, schedule, *, generator=None, device="cpu", progress=False):
+def sample_last_kernel(score, n, d, schedule, *, generator=None, device=None, progress=False):
     """``n`` runs of 000's sampler kept at ``t = 1``: returns ``(x0, mean1, var1, nfe)`` where ``mean1`` is the
     last step's mean ``(x_1 + beta_1 g_1(x_1)) / sqrt(alpha_1)``, ``var1 = beta_1 / alpha_1`` its noise
     variance and ``x0 = mean1 + sqrt(var1) z`` the output.  The output law is the Gaussian mixture
