@@ -14,7 +14,7 @@ export OMP_NUM_THREADS := 2
 export JUPYTER_PATH    := $(CURDIR)/$(VENV)/share/jupyter
 export PATH            := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv book test bench browser-deps serve clean
+.PHONY: venv book test test-lab lab bench browser-deps serve clean
 
 venv: $(STAMP)
 
@@ -67,6 +67,25 @@ test: $(STAMP)
 	@echo "== 6/6 browser check: every page of the book in headless Chromium (MathJax, images, links, tracebacks)"
 	$(MAKE) browser-deps
 	$(BIN)/python scripts/browser_check.py
+	@echo "== 7/7 JupyterLab: a .md notebook opens, runs and saves back, in headless Chromium"
+	$(MAKE) test-lab
+
+# JupyterLab 4 and jupytext's extension (the `lab` extra), then JupyterLab on notebooks/: a .md opens as a
+# notebook with the venv's kernel and the book's figure style, and saving writes the .md back (scripts/lab_check.py).
+LAB_STAMP := $(VENV)/.installed-lab
+
+$(LAB_STAMP): $(STAMP)
+	$(BIN)/pip install -e '.[lab]'
+	touch $@
+
+lab: $(LAB_STAMP)
+	$(BIN)/python scripts/lab_check.py --serve $(LAB_ARGS)
+
+# The browser check of `make lab` (under two minutes): a temporary copy of notebooks/ served headless, 01_pipeline.md
+# opened in Chromium, its first cells run, a markdown cell edited and saved; a screenshot in _build/lab-check/ on failure.
+test-lab: $(LAB_STAMP)
+	$(MAKE) browser-deps
+	$(BIN)/python scripts/lab_check.py
 
 # Performance: every benchmark of issue 8 in one run (several minutes on two CPU cores), then the "Performance" page
 # (book/performance.md) and its figure from the JSON, with book execution times from _build/.jupyter_cache if a book
