@@ -47,7 +47,9 @@ book: $(STAMP)
 
 test: $(STAMP)
 	@echo "== 1/6 unit tests"
-	MPLBACKEND=Agg $(BIN)/python -m pytest tests -q -p no:cacheprovider
+	MPLBACKEND=Agg $(BIN)/python -m pytest tests -q -p no:cacheprovider --ignore=tests/test_sweep.py
+	@echo "== 1b/6 python -m diffnotes sweep on Dask: a 2-worker LocalCluster, resume, a failing task, a real cluster"
+	$(BIN)/python -m pytest tests/test_sweep.py -q -p no:cacheprovider
 	@echo "== 2/6 sync: .md sources round-trip through jupytext; no tracked .ipynb"
 	$(BIN)/python scripts/check_sync.py
 	@echo "== 3/6 nbval: every notebook at smoke size, each in a fresh kernel"
