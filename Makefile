@@ -94,6 +94,7 @@ test-lab: $(LAB_STAMP)
 # was built.  BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--device cuda"` or "--threads 1 --note '...'".
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/sweep_scaling.py
 	$(BIN)/python benchmarks/report.py
 
 # What scripts/browser_check.py needs: Debian's chromium (never Playwright's own browser download), the
