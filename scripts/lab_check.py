@@ -45,8 +45,11 @@ VENV = ROOT / ".venv"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWERS = {"@jupyterlab/docmanager-extension:plugin": {
-    "defaultViewers": {"markdown": "Jupytext Notebook", "myst": "Jupytext Notebook"}}}
+OVERRIDES = {  # JupyterLab settings: .md and MyST files open as notebooks; no news pop-up (it would fetch a feed)
+    "@jupyterlab/docmanager-extension:plugin": {
+        "defaultViewers": {"markdown": "Jupytext Notebook", "myst": "Jupytext Notebook"}},
+    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
+}
 STARTUP = '''\
 # Written by scripts/lab_check.py: the book's figure style in every kernel that JupyterLab starts.
 try:
@@ -83,7 +86,7 @@ def prepare(state: Path) -> dict:
     """Settings, workspaces and IPython folders under ``state``; the environment JupyterLab runs in."""
     settings = state / "settings"
     settings.mkdir(parents=True, exist_ok=True)
-    (settings / "overrides.json").write_text(json.dumps(VIEWERS, indent=2))
+    (settings / "overrides.json").write_text(json.dumps(OVERRIDES, indent=2))
     startup = state / "ipython" / "profile_default" / "startup"
     startup.mkdir(parents=True, exist_ok=True)
     (startup / "00-diffnotes-style.py").write_text(STARTUP)
@@ -106,7 +109,8 @@ def lab_args(root: Path, state: Path, *, port=8888, token=None, browser=True) ->
     args = [str(VENV / "bin" / "jupyter"), "lab", f"--ServerApp.root_dir={root}", f"--port={port}",
             f"--LabApp.app_settings_dir={state / 'settings'}",
             "--MappingKernelManager.default_kernel_name=python3", "--ServerApp.ip=127.0.0.1",
-            "--ContentsManager.pre_save_hook=lab_check.keep_lexer"]
+            "--ContentsManager.pre_save_hook=lab_check.keep_lexer",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if token is not None:
         args += [f"--IdentityProvider.token={token}"]
     if not browser:
