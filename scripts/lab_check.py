@@ -39,12 +39,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+from browser_check import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402  (Debian's chromium, the same flags)
 from check_sync import round_trip, without_versions  # noqa: E402
 
 VENV = ROOT / ".venv"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 OVERRIDES = {  # JupyterLab settings: .md and MyST files open as notebooks; no news pop-up (it would fetch a feed)
     "@jupyterlab/docmanager-extension:plugin": {
         "defaultViewers": {"markdown": "Jupytext Notebook", "myst": "Jupytext Notebook"}},
