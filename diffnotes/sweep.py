@@ -1,6 +1,6 @@
 """Run notebooks over seeds and parameter grids on a Dask cluster: ``python -m diffnotes sweep``.
 
-    python -m diffnotes sweep 01_pipeline 02_convergence --size smoke --seeds 0:8 --workers 2 --out sweeps/a
+    python -m diffnotes sweep 01_pipeline 02_convergence --size smoke --seeds 0:8 --workers 2 --out runs/a
     python -m diffnotes sweep 01_pipeline --grid d "[4, 8]" -p n_mc 5000 --scheduler tcp://10.0.0.1:8786
 
 Each task is one papermill execution of one notebook with one parameter set (:func:`diffnotes.cli.execute`) in a
