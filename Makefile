@@ -14,7 +14,7 @@ export OMP_NUM_THREADS := 2
 export JUPYTER_PATH    := $(CURDIR)/$(VENV)/share/jupyter
 export PATH            := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv book test bench browser-deps serve clean
+.PHONY: venv book test test-lab lab bench browser-deps serve clean
 
 venv: $(STAMP)
 
@@ -47,7 +47,9 @@ book: $(STAMP)
 
 test: $(STAMP)
 	@echo "== 1/6 unit tests"
-	MPLBACKEND=Agg $(BIN)/python -m pytest tests -q -p no:cacheprovider
+	MPLBACKEND=Agg $(BIN)/python -m pytest tests -q -p no:cacheprovider --ignore=tests/test_sweep.py
+	@echo "== 1b/6 python -m diffnotes sweep on Dask: a 2-worker LocalCluster, resume, a failing task, a real cluster"
+	$(BIN)/python -m pytest tests/test_sweep.py -q -p no:cacheprovider
 	@echo "== 2/6 sync: .md sources round-trip through jupytext; no tracked .ipynb"
 	$(BIN)/python scripts/check_sync.py
 	@echo "== 3/6 nbval: every notebook at smoke size, each in a fresh kernel"
@@ -67,12 +69,32 @@ test: $(STAMP)
 	@echo "== 6/6 browser check: every page of the book in headless Chromium (MathJax, images, links, tracebacks)"
 	$(MAKE) browser-deps
 	$(BIN)/python scripts/browser_check.py
+	@echo "== 7/7 JupyterLab: a .md notebook opens, runs and saves back, in headless Chromium"
+	$(MAKE) test-lab
+
+# JupyterLab 4 and jupytext's extension (the `lab` extra), then JupyterLab on notebooks/: a .md opens as a
+# notebook with the venv's kernel and the book's figure style, and saving writes the .md back (scripts/lab_check.py).
+LAB_STAMP := $(VENV)/.installed-lab
+
+$(LAB_STAMP): $(STAMP)
+	$(BIN)/pip install -e '.[lab]'
+	touch $@
+
+lab: $(LAB_STAMP)
+	$(BIN)/python scripts/lab_check.py --serve $(LAB_ARGS)
+
+# The browser check of `make lab` (under two minutes): a temporary copy of notebooks/ served headless, 01_pipeline.md
+# opened in Chromium, its first cells run, a markdown cell edited and saved; a screenshot in _build/lab-check/ on failure.
+test-lab: $(LAB_STAMP)
+	$(MAKE) browser-deps
+	$(BIN)/python scripts/lab_check.py
 
 # Performance: every benchmark of issue 8 in one run (several minutes on two CPU cores), then the "Performance" page
 # (book/performance.md) and its figure from the JSON, with book execution times from _build/.jupyter_cache if a book
 # was built.  BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--device cuda"` or "--threads 1 --note '...'".
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/sweep_scaling.py
 	$(BIN)/python benchmarks/report.py
 
 # What scripts/browser_check.py needs: Debian's chromium (never Playwright's own browser download), the

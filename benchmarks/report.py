@@ -204,7 +204,30 @@ def summary(res):
     return rows
 
 
-def render(res, others=(), figure_path="figures/performance-cpu.png"):
+def _sweep_section(sw):
+    """The 1-vs-2-worker figure of ``python -m diffnotes sweep`` (``benchmarks/sweep_scaling.py``)."""
+    if not sw:
+        return []
+    rows = {r["workers"]: r for r in sw["rows"]}
+    L = ["## Sweeps on Dask: 1 worker against 2", "",
+         f"The same {sw['rows'][0]['tasks']}-task sweep (`python -m diffnotes sweep {sw['stem']} --size {sw['size']} "
+         f"--seeds {sw['seeds']}`: one papermill kernel per run, each run's start-up included) on a LocalCluster "
+         f"of single-threaded workers, {sw['cores']} cores, measured {sw['utc']} by `benchmarks/sweep_scaling.py`.", ""]
+    L += table(["workers", "sweep wall time (s)", "mean run wall time (s)", "load average before (1, 5, 15 min)",
+                "after"], [(r["workers"], f"{r['wall_s']:.1f}", f"{r['run_wall_s_mean']:.1f}",
+                            ", ".join(f"{x:.1f}" for x in r["load_before"]),
+                            ", ".join(f"{x:.1f}" for x in r["load_after"])) for r in sw["rows"]]) + [""]
+    if 1 in rows and 2 in rows:
+        speed = rows[1]["wall_s"] / rows[2]["wall_s"]
+        busy = max(r["load_before"][0] for r in sw["rows"]) > sw["cores"]
+        L += [f"Speed-up with 2 workers: **{speed:.2f}x** (target >= 1.7x: {yes(speed >= 1.7)}"
+              + (", on a busy machine: see below" if busy else "") + ").", ""]
+    if sw.get("note"):
+        L += [sw["note"], ""]
+    return L
+
+
+def render(res, others=(), figure_path="figures/performance-cpu.png", sweep="results"):
     m = res["machine"]
     L = ["# Performance", "",
          "Speed of the package, measured by one command, `make bench` (`benchmarks/run.py`, then "
@@ -232,6 +255,7 @@ def render(res, others=(), figure_path="figures/performance-cpu.png"):
     L += _book_section(res)
     L += _memory_section(res)
     L += _profiling_section()
+    L += _sweep_section(load(RESULTS / "sweep.json") if sweep == "results" else sweep)
     for o in others:
         L += [f"## Other device: {o['machine']['device']} ({o['machine']['device_name']})", ""]
         L += table(["", ""], _machine_rows(o)) + [""]
