@@ -441,6 +441,8 @@ def mixture_errors_mc(name, mixture, schedule, n, *, generator=None, stop=1):
     the source ``Z ~ N(0, I)`` with the exact change of variables (:func:`pushforward`):
     ``TV = E_{p_Y}[(1 - p_X(Y) / p_Y(Y))_+]`` with ``p_Y(F(z)) = phi(z) / |det DF(z)|``.  Returns
     ``(tv, standard error, nfe)`` (:func:`tv_mc`)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
     d = mixture.means.shape[1]
     z = torch.randn(n, d, generator=generator, dtype=torch.float64).to(mixture.means.device)
     y, ld, nfe = pushforward(name, mixture, z, schedule, stop=stop)

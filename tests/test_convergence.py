@@ -223,6 +223,10 @@ def test_mixture_errors_mc_against_quadrature():
     tv_q = float(C.mixture_errors("flow_ode", MIX, sch, z, cell)[0])
     tv, se, nfe = C.mixture_errors_mc("flow_ode", MIX, sch, 20_000, generator=torch.Generator().manual_seed(2))
     assert abs(float(tv) - tv_q) < 4 * float(se) and nfe == 99
+    with pytest.raises(ValueError, match="n must"):
+        C.mixture_errors_mc("flow_ode", MIX, sch, 1.5)
+    with pytest.raises(ValueError, match="sampler must"):
+        C.law_errors("scheme2_ode", TGT.loc, TGT.var, sch)
 
 
 def test_coupled_mixture_is_not_a_product():
