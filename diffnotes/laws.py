@@ -10,6 +10,9 @@ from the update formulas independently of the sampler code; the tests check both
 
 Diagonal coefficients and a diagonal initial covariance are kept diagonal (``O(d)`` per step, any ``d``);
 otherwise full ``(d, d)`` matrices are used (``O(d^3)`` per step, fine up to ``d`` of a few hundred).
+The multistep scheme :func:`~diffnotes.samplers.multistep_ode` reads the previous iterate too; deterministic, it is
+tracked as an affine map of ``Y_T`` (:func:`_multistep_law`).  This module is the one implementation of the exact
+laws: chapter 02's rate measurements call it with a diagonal target in its eigenbasis.
 """
 from __future__ import annotations
 
@@ -93,6 +96,8 @@ def law(sampler, score, init, schedule, *, stop=0, **options):
     else:
         raise ValueError(f"init must be a Gaussian or DiagonalGaussian, got {type(init).__name__}")
     sch = schedule.to(m.device) if schedule.device != m.device else schedule
+    if sampler is S.multistep_ode:
+        return _multistep_law(score, m, C, sch, stop, options.get("alpha_factor", True))
     for t in range(sch.T, stop, -1):
         M, c, q_pre, q_post = step_maps(sampler, score, sch, t, **options)
         if M.ndim == 2 and C.ndim == 1:
@@ -108,3 +113,33 @@ def law(sampler, score, init, schedule, *, stop=0, **options):
             m, C = M @ m + c, M @ C @ M.T + q_post * I
             C = 0.5 * (C + C.T)
     return DiagonalGaussian(m, C) if C.ndim == 1 else Gaussian(m, C)
+
+
+def _multistep_law(score, m, C, sch, stop, alpha_factor):
+    """Exact law of :func:`~diffnotes.samplers.multistep_ode`: ``Y_t = P_t Y_T + c_t`` is tracked (with the previous
+    ``P_{t+1}, c_{t+1}``, which the scheme reads), then ``N(P m + c, P C P^T)``.  Diagonal while everything is."""
+    la, lab, beta = sch.log_alpha, sch.log_alphabar, sch.beta
+    P = torch.ones_like(m) if C.ndim == 1 else torch.eye(m.numel(), dtype=m.dtype, device=m.device)
+    c, prev = torch.zeros_like(m), None
+    for t in range(sch.T, stop, -1):
+        A, b = score.coeffs(lab[t])
+        if A.ndim == 2 and P.ndim == 1:
+            P, prev = torch.diag(P), None if prev is None else (torch.diag(prev[0]), prev[1])
+        sP, sc = _mm(A, P), _mv(A, c) + b                       # s_t(Y_t) as an affine map of Y_T
+        rsa = torch.exp(-0.5 * la[t])
+        if prev is None:                                        # first step: the flow-ODE step
+            nP, nc = rsa * (P + 0.5 * beta[t] * sP), rsa * (c + 0.5 * beta[t] * sc)
+        else:
+            A1, b1 = score.coeffs(lab[t + 1])
+            f = torch.exp(0.5 * la[t + 1]) if alpha_factor else 1.0
+            k = beta[t] ** 2 / (4 * beta[t + 1])
+            s1P, s1c = _mm(A1, prev[0]), _mv(A1, prev[1]) + b1  # s_{t+1}(Y_{t+1})
+            nP = rsa * (P + (0.5 * beta[t] + k) * sP - k * f * s1P)
+            nc = rsa * (c + (0.5 * beta[t] + k) * sc - k * f * s1c)
+        prev, P, c = (P, c), nP, nc
+    if P.ndim == 1 and C.ndim == 1:
+        return DiagonalGaussian(P * m + c, P * P * C)
+    P = _full(P, 0)
+    Cf = torch.diag(C) if C.ndim == 1 else C
+    cov = P @ Cf @ P.T
+    return Gaussian(P @ m + c, 0.5 * (cov + cov.T))

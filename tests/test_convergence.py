@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffnotes import convergence as C, laws, metrics, samplers as S, schedules as sc
-from diffnotes.targets import DiagonalGaussian, GaussianMixture
+from diffnotes.targets import DiagonalGaussian, Gaussian, GaussianMixture
 
 torch.set_default_dtype(torch.float64)
 TGT = DiagonalGaussian(torch.tensor([1.5, -0.4]), torch.tensor([0.1, 2.0]))
@@ -13,27 +13,35 @@ INIT = DiagonalGaussian(torch.zeros(2), torch.ones(2))
 MIX = GaussianMixture(torch.tensor([0.6, 0.4]), torch.tensor([[-1.0], [1.5]]), torch.tensor([[[0.15]], [[0.05]]]))
 
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim", "flow_ode", "accel_ode", "accel_sde"])
-def test_diag_law_matches_general_law(name):
+@pytest.mark.parametrize("name", list(C.LAW_SAMPLERS))
+def test_law_errors_diagonal_path_matches_full_matrix_path(name):
+    """laws.law on the target in its eigenbasis (diagonal, O(d)) against the same target rotated (full matrices):
+    KL is rotation invariant, so the two must agree."""
     sch = sc.theory(70, 1, 6)
-    A, b = C.diag_coeffs(TGT.loc, TGT.var, sch)
-    m, v = C.diag_law(name, A, b, sch, INIT.loc, INIT.var, stop=1)
-    ref = laws.law(S.SAMPLERS[name], TGT.affine_score(), INIT, sch, stop=1)
-    assert torch.allclose(m, ref.loc, atol=1e-12) and torch.allclose(v, ref.var, atol=1e-12)
+    opts = {"variance": "beta_over_alpha"} if name == "ddpm" else {}
+    _, kl, _ = C.law_errors(name, TGT.loc, TGT.var, sch, **opts)
+    Q, _ = torch.linalg.qr(torch.tensor([[1.0, 2.0], [-0.5, 1.0]]))
+    rot = Gaussian(Q @ TGT.loc, (Q * TGT.var) @ Q.T)
+    fn, base = C.LAW_SAMPLERS[name]
+    out = laws.law(fn, rot.affine_score(), Gaussian(torch.zeros(2), torch.eye(2)), sch, stop=1, **base, **opts)
+    assert abs(float(kl.sum()) - float(metrics.kl_gaussian(rot.marginal(sch.lab(1)), out))) < 1e-10
 
 
-@pytest.mark.parametrize("alpha_factor", [True, False])
-def test_multistep_law_matches_monte_carlo(alpha_factor):
-    """The exact law of the multistep schemes (diag_law) against the sampler itself on 100k runs."""
+@pytest.mark.parametrize("name", list(C.LAW_SAMPLERS))
+def test_exact_laws_match_monte_carlo(name):
+    """The exact law of every sampler (laws.law, through law_errors' path) against the sampler itself (100k runs):
+    means within 5 and variances within 6 standard errors; a law with the variance 5% off fails."""
     sch = sc.theory(60, 1, 6)
-    name = "multistep_ode" if alpha_factor else "scheme2_ode"
-    A, b = C.diag_coeffs(TGT.loc, TGT.var, sch)
-    m, v = C.diag_law(name, A, b, sch, INIT.loc, INIT.var, stop=1)
+    fn, base = C.LAW_SAMPLERS[name]
+    opts = {"variance": "beta_over_alpha"} if name == "ddpm" else {}
+    L = laws.law(fn, TGT.affine_score(), INIT, sch, stop=1, **base, **opts)
     g = torch.Generator().manual_seed(1)
     n = 100_000
-    x = S.multistep_ode(TGT.score, torch.randn(n, 2, generator=g), sch, alpha_factor=alpha_factor, stop=1).x
+    x = fn(TGT.score, torch.randn(n, 2, generator=g), sch, stop=1, generator=g, **base, **opts).x
+    m, v = L.loc, L.var
     assert ((x.mean(0) - m).abs() < 5 * (v / n).sqrt()).all()
     assert ((x.var(0) - v).abs() < 6 * v * math.sqrt(2 / n)).all()
+    assert not ((x.var(0) - 1.05 * v).abs() < 6 * v * math.sqrt(2 / n)).all()
 
 
 def test_multistep_reduces_to_flow_ode_when_correction_vanishes():
@@ -50,12 +58,11 @@ def test_multistep_reduces_to_flow_ode_when_correction_vanishes():
 
 
 def test_accel_sde_reduces_to_ddpm_mean_without_midpoint_noise():
-    """accel_sde with the midpoint noise removed (Z_t = 0) is DDPM with variance (1-alpha)/(2 alpha)."""
+    """accel_sde and DDPM share the mean map: their exact output means coincide (the noise only enters variances)."""
     sch = sc.theory(40, 1, 6)
-    A, b = C.diag_coeffs(TGT.loc, TGT.var, sch)
-    m1, _ = C.diag_law("accel_sde", A, b, sch, INIT.loc, INIT.var)
-    m2, _ = C.diag_law("ddpm", A, b, sch, INIT.loc, INIT.var)
-    assert torch.allclose(m1, m2, atol=1e-13)   # the means coincide: the noise only enters the variance
+    m1 = laws.law(S.accel_sde, TGT.affine_score(), INIT, sch, stop=1).loc
+    m2 = laws.law(S.ddpm, TGT.affine_score(), INIT, sch, stop=1).loc
+    assert torch.allclose(m1, m2, atol=1e-13)
 
 
 def test_tv_gaussian_1d_against_quadrature():
@@ -88,8 +95,8 @@ def test_tv_quadrature_source_matches_exact_gaussian_tv():
     logz = -0.5 * z[:, 0] ** 2 - 0.5 * math.log(2 * math.pi)
     y, ld, _ = C.pushforward("flow_ode", tgt, z, sch)
     tv, kl = C.tv_quadrature_source(logz, tgt.log_prob(y, sch.lab(1)), ld, cell)
-    A, b = C.diag_coeffs(tgt.loc, tgt.var, sch)
-    m, v = C.diag_law("flow_ode", A, b, sch, torch.zeros(1), torch.ones(1))
+    out = laws.law(S.flow_ode, tgt.affine_score(), DiagonalGaussian(torch.zeros(1), torch.ones(1)), sch, stop=1)
+    m, v = out.loc, out.var
     lab = sch.lab(1)
     ref = C.tv_gaussian_1d(m, v, torch.exp(0.5 * lab) * tgt.loc, torch.exp(lab) * tgt.var - torch.expm1(lab))
     assert abs(float(tv) - float(ref[0])) < 1e-4 * float(ref[0]) + 1e-8
@@ -124,31 +131,21 @@ def test_oscillating_score_errors_are_set_independently():
     assert torch.allclose(J, b.jacobian(x.detach(), sch.lab(5)), atol=1e-10)
 
 
-def test_ddpm_grid_law_matches_exact_gaussian_law():
-    tgt = DiagonalGaussian(torch.tensor([0.8]), torch.tensor([0.3]))
-    sch = sc.theory(40, 1, 6)
-    xs = torch.linspace(-7, 7, 1401)
-    p = C.ddpm_grid_law(tgt.score, sch, xs)
-    A, b = C.diag_coeffs(tgt.loc, tgt.var, sch)
-    m, v = C.diag_law("ddpm", A, b, sch, torch.zeros(1), torch.ones(1), variance="beta_over_alpha")
-    q = torch.exp(-0.5 * (xs - m) ** 2 / v) / torch.sqrt(2 * math.pi * v)
-    assert 0.5 * (p - q).abs().sum() * (xs[1] - xs[0]) < 2e-3
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # stochastic samplers on a grid (DDPM, accelerated SDE) and the non-product d-dependence
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,opts", [("ddpm", {"variance": "beta_over_alpha"}), ("ddpm", {"variance": "beta"}),
                                        ("accel_sde", {})])
 def test_stochastic_grid_law_matches_exact_gaussian_law(name, opts):
-    """On a Gaussian target the output law is Gaussian and known exactly (diag_law): the grid density must match it
+    """On a Gaussian target the output law is Gaussian and known exactly (laws.law): the grid density must match it
     to quadrature accuracy, through both the quadrature and the change-of-variables branches."""
     tgt = DiagonalGaussian(torch.tensor([2.0]), torch.tensor([0.05]))
     sch = sc.theory(120, 1, 6)
     xs = torch.linspace(-7.0, 7.0, 200)
     p = C.stochastic_grid_law(name, tgt, sch, xs, **opts)
-    A, b = C.diag_coeffs(tgt.loc, tgt.var, sch)
-    m, v = C.diag_law(name, A, b, sch, torch.zeros(1), torch.ones(1), stop=1, **opts)
+    out = laws.law(S.SAMPLERS[name], tgt.affine_score(), DiagonalGaussian(torch.zeros(1), torch.ones(1)), sch,
+                   stop=1, **opts)
+    m, v = out.loc, out.var
     q = torch.exp(-0.5 * (xs - m) ** 2 / v) / torch.sqrt(2 * math.pi * v)
     assert float(0.5 * (p - q).abs().sum() * (xs[1] - xs[0])) < 1e-6
 
@@ -204,3 +201,39 @@ def test_coupled_errors_against_independent_references():
     assert abs(r1["eps_jacobi"] - float(torch.linalg.svdvals(0.01 * W)[0])) < 1e-12
     with pytest.raises(ValueError, match="dA"):
         C.coupled_errors("flow_ode", tgt, torch.zeros(d + 1, d + 1), sch)
+
+
+def test_mixture_errors_satisfy_pinsker_and_converge_under_refinement():
+    """KL(p_Y || p_X) >= 2 TV^2 where both are small (the accelerated ODE at large T, where the unnormalised
+    quadrature gave a KL below 2 TV^2, even negative), and both are stable under grid refinement."""
+    sch = sc.theory(800, 1, 6)
+    res = []
+    for m in (300, 600):
+        z, cell = metrics.grid(-7.0, 7.0, m, 1)
+        tv, kl, _ = C.mixture_errors("accel_ode", MIX, sch, z, cell)
+        assert float(kl) >= 2 * float(tv) ** 2 > 0
+        res.append((float(tv), float(kl)))
+    assert abs(res[0][0] / res[1][0] - 1) < 0.05 and abs(res[0][1] / res[1][1] - 1) < 0.1
+
+
+def test_mixture_errors_mc_against_quadrature():
+    """The Monte Carlo TV over the source (any d) against the 1-D source quadrature, within 4 standard errors."""
+    sch = sc.theory(100, 1, 6)
+    z, cell = metrics.grid(-7.0, 7.0, 2000, 1)
+    tv_q = float(C.mixture_errors("flow_ode", MIX, sch, z, cell)[0])
+    tv, se, nfe = C.mixture_errors_mc("flow_ode", MIX, sch, 20_000, generator=torch.Generator().manual_seed(2))
+    assert abs(float(tv) - tv_q) < 4 * float(se) and nfe == 99
+    with pytest.raises(ValueError, match="n must"):
+        C.mixture_errors_mc("flow_ode", MIX, sch, 1.5)
+    with pytest.raises(ValueError, match="sampler must"):
+        C.law_errors("scheme2_ode", TGT.loc, TGT.var, sch)
+
+
+def test_coupled_mixture_is_not_a_product():
+    g = torch.Generator().manual_seed(0)
+    mix = C.coupled_mixture(4, generator=g)
+    # the two components' covariances share no eigenbasis: they do not commute
+    A, B = mix.covs
+    assert (A @ B - B @ A).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="d must"):
+        C.coupled_mixture(0)
