@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def cell(v):
     if v is None:
         return ""
-    if isinstance(v, float):
+    if isinstance(v, dict):
+        v = ", ".join(f"{k}: {cell(u)}" for k, u in v.items())
+    elif isinstance(v, float):
         v = f"{v:.4g}"
     elif isinstance(v, (list, tuple)):
         v = "[" + ", ".join(cell(u) for u in v) + "]"
