@@ -30,6 +30,7 @@ weights).  Resampling: :func:`resample_multinomial`, :func:`resample_systematic`
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +56,14 @@ class Inpainting:
     def __init__(self, mixture, idx_y):
         if not isinstance(mixture, GaussianMixture):
             raise ValueError("mixture must be a GaussianMixture")
-        iy = torch.as_tensor(idx_y, dtype=torch.long).reshape(-1).cpu()
         d = mixture.d
+        try:
+            raw = torch.as_tensor(idx_y).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"idx_y must list integer coordinates, got {idx_y!r}") from None
+        if raw.dtype == torch.bool or raw.is_floating_point() or raw.is_complex():
+            raise ValueError(f"idx_y must list integer coordinates (not floats or bools), got {idx_y!r}")
+        iy = raw.to(torch.long).cpu()
         if iy.numel() < 1 or iy.numel() >= d or len(set(iy.tolist())) != iy.numel() or \
                 (iy < 0).any() or (iy >= d).any():
             raise ValueError(f"idx_y must list distinct coordinates in [0, {d}) and leave at least one free")
@@ -80,12 +87,20 @@ class Inpainting:
 
     def exact(self, y0):
         """The exact conditional law of ``X_0 | Y_0 = y0`` (a Gaussian mixture in ``dx`` dimensions)."""
-        return self.mix.condition(self.iy, y0)
+        return self.mix.condition(self.iy, self.y0_vector(y0))
 
-    def y0_vector(self, y0):
-        y0 = torch.as_tensor(y0, dtype=torch.float64, device=self.device).reshape(-1)
+    def y0_vector(self, y0, name="y0"):
+        """``y0`` as a finite float64 ``(dy,)`` vector (``name``: the parameter named in the error)."""
+        if isinstance(y0, bool) or (torch.is_tensor(y0) and y0.dtype == torch.bool):
+            raise ValueError(f"{name} must be a number or a vector of {self.dy} numbers, got {y0!r}")
+        try:
+            y0 = torch.as_tensor(y0, dtype=torch.float64, device=self.device).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{name} must be a number or a vector of {self.dy} numbers, got {y0!r}") from None
         if y0.numel() != self.dy:
-            raise ValueError(f"y0 must have {self.dy} entries, got {y0.numel()}")
+            raise ValueError(f"{name} must have {self.dy} entries, got {y0.numel()}")
+        if not torch.isfinite(y0).all():
+            raise ValueError(f"{name} must be finite, got {y0.tolist()}")
         return y0
 
 
@@ -108,8 +123,10 @@ class CondSamples:
 
 # ---- small helpers ------------------------------------------------------------------------------------------
 def _check_int(name, v, lo=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+    """``v`` as a Python int (numpy and other integral types accepted; bools and floats are not)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return int(v)
 
 
 def _check_common(problem, schedule, runs, n, kernel, score):
@@ -117,13 +134,12 @@ def _check_common(problem, schedule, runs, n, kernel, score):
         raise ValueError("problem must be an Inpainting")
     if not isinstance(schedule, VPSchedule):
         raise ValueError("schedule must be a VPSchedule")
-    _check_int("runs", runs)
-    _check_int("n", n)
+    runs, n = _check_int("runs", runs), _check_int("n", n)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "em" and score is None:
         raise ValueError("score is required with kernel='em'")
-    return schedule.to(problem.device)
+    return schedule.to(problem.device), runs, n
 
 
 def _randn(shape, like, generator):
@@ -192,7 +208,7 @@ def context_path(problem, y0, schedule, runs, *, kind="forward", generator=None)
     or ``"forward"`` (the noising chain ``Y_i = sqrt(alpha_i) Y_{i-1} + sqrt(beta_i) W`` from ``Y_0 = y0``)."""
     if kind not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {kind!r}")
-    _check_int("runs", runs)
+    runs = _check_int("runs", runs)
     y0 = problem.y0_vector(y0)
     sch = schedule.to(problem.device)
     if kind == "fixed":
@@ -290,7 +306,7 @@ def em_conditional_grid(problem, path, schedule, *, score=None, grid=None, init=
         raise ValueError("schedule must be a VPSchedule")
     if init not in ("exact", "gaussian"):
         raise ValueError(f"init must be 'exact' or 'gaussian', got {init!r}")
-    _check_int("chunk", chunk)
+    chunk = _check_int("chunk", chunk)
     sch = schedule.to(problem.device)
     path = _check_path(problem, path, sch)
     score = problem.mix.score if score is None else score
@@ -484,9 +500,9 @@ def langevin_replacement(problem, y0, schedule, *, runs, n, kernel="true", score
     score by default).  ``langevin_stop``: the corrector runs only at steps ``s >= langevin_stop`` (a learned
     score has no value at ``t = 0``: ``langevin_stop=1`` stops it at the smallest noise level of the schedule,
     and the last replacement step is not corrected).  ``nfe`` counts ``T + L x`` (corrected levels)."""
-    sch = _check_common(problem, schedule, runs, n, kernel, score)
-    _check_int("langevin_steps", langevin_steps, lo=0)
-    _check_int("langevin_stop", langevin_stop, lo=0)
+    sch, runs, n = _check_common(problem, schedule, runs, n, kernel, score)
+    langevin_steps = _check_int("langevin_steps", langevin_steps, lo=0)
+    langevin_stop = _check_int("langevin_stop", langevin_stop, lo=0)
     if langevin_stop > sch.T:
         raise ValueError(f"langevin_stop must be <= T = {sch.T}, got {langevin_stop}")
     if corrector not in ("ula", "mala"):
@@ -522,7 +538,7 @@ def langevin_fixed(problem, x, y, lab, *, steps, step, corrector="ula", score=No
         raise ValueError("problem must be an Inpainting")
     if not torch.is_tensor(x) or x.ndim != 3 or x.shape[-1] != problem.dx:
         raise ValueError(f"x must be a (runs, n, {problem.dx}) tensor")
-    _check_int("steps", steps, lo=1)
+    steps = _check_int("steps", steps, lo=1)
     if not step > 0:
         raise ValueError(f"step must be positive, got {step}")
     if corrector not in ("ula", "mala"):
@@ -579,9 +595,10 @@ def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, contex
 
     ``path``: an optional given context path ``(T + 1, dy)`` (shared by all runs) or ``(runs, T + 1, dy)``
     (index = step); it replaces the path drawn from ``context`` (``path[..., 0, :]`` should be ``y0``)."""
-    sch = _check_common(problem, schedule, runs, n, kernel, score)
+    sch, runs, n = _check_common(problem, schedule, runs, n, kernel, score)
     if resampling not in RESAMPLERS:
         raise ValueError(f"resampling must be one of {tuple(RESAMPLERS)}, got {resampling!r}")
+    y0 = problem.y0_vector(y0)
     if path is None:
         path = context_path(problem, y0, sch, runs, kind=context, generator=generator)
     else:
@@ -589,6 +606,9 @@ def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, contex
         if path.shape[0] not in (1, runs):
             raise ValueError(f"path must have shape ({sch.T + 1}, {problem.dy}) or ({runs}, {sch.T + 1}, "
                              f"{problem.dy}), got {tuple(path.shape)}")
+        if not torch.allclose(path[:, 0], y0.expand_as(path[:, 0]), rtol=0.0, atol=1e-12):
+            raise ValueError(f"path must start at y0 = {y0.tolist()} (its row 0 is Y_0), got row 0 = "
+                             f"{path[0, 0].tolist()}")
         path = path.expand(runs, sch.T + 1, problem.dy)
     x = _init_x(problem, path[:, sch.T], sch.lab(sch.T), n, init, generator)
     log_z = x.new_zeros(runs)
@@ -625,7 +645,7 @@ def _tds_check(problem, y, sigma_y, inflate):
         raise ValueError(f"sigma_y must be positive, got {sigma_y}")
     if not inflate >= 0:
         raise ValueError(f"inflate must be >= 0, got {inflate}")
-    return problem.y0_vector(y)
+    return problem.y0_vector(y, "y")
 
 
 def _twisted_step(problem, sch, i, z, twist_t, y, sigma_y, inflate, generator, weights, kernel="true", score=None):
@@ -673,7 +693,7 @@ def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="
     ``score``); TDS is then exact for *that* model's ``p_em(X_0 | y)``, not for ``q(X_0 | y)``.  The twist still uses
     the exact mixture score and Jacobian; ``nfe`` counts 3 per step (the kernel's score, the twist's score and
     Jacobian)."""
-    sch = _check_common(problem, schedule, runs, n, kernel, score)
+    sch, runs, n = _check_common(problem, schedule, runs, n, kernel, score)
     y = _tds_check(problem, y, sigma_y, inflate)
     if resampling not in RESAMPLERS:
         raise ValueError(f"resampling must be one of {tuple(RESAMPLERS)}, got {resampling!r}")
@@ -703,7 +723,7 @@ def reconstruction_guidance(problem, y, schedule, *, runs, n, sigma_y=0.1, infla
     """Reconstruction guidance: TDS's twisted proposal with no weights and no resampling (``runs * n`` independent
     chains).  A heuristic: the score of ``p~_t(y | Z_t)`` is not that of ``q_t(y | Z_t)``, so its output law is
     not ``q(Z_0 | y)`` whatever ``n``."""
-    sch = _check_common(problem, schedule, runs, n, "true", None)
+    sch, runs, n = _check_common(problem, schedule, runs, n, "true", None)
     y = _tds_check(problem, y, sigma_y, inflate)
     z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator).T.contiguous()      # (d, m)
     for i in _steps(sch, 0, progress, "guidance"):
@@ -744,10 +764,26 @@ def retain_one(samples, generator=None):
     return samples.x[torch.arange(R, device=k.device), k]
 
 
+def _check_samples(x, cond):
+    """Pooled samples ``x (..., d)`` of the law of ``cond`` (last axis = ``cond.d``), float64, finite, non-empty."""
+    if not torch.is_tensor(x) or x.ndim < 1:
+        raise ValueError("x must be a tensor of samples")
+    if x.dtype != torch.float64:
+        raise ValueError(f"x must be float64 (theory checks), got {x.dtype}")
+    if (x.ndim < 2 and cond.d != 1) or (x.ndim >= 2 and x.shape[-1] != cond.d):
+        raise ValueError(f"x must have last axis {cond.d} (the conditioned coordinates X, not Z = [X, Y]), got "
+                         f"shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError("x must hold at least one sample")
+    if not torch.isfinite(x).all():
+        raise ValueError("x must be finite (it holds NaN or inf)")
+    return x.reshape(-1, cond.d)
+
+
 def mode_weights(x, cond):
     """Estimated mode weights: the mean responsibility under the exact conditional mixture ``cond`` of the pooled
     samples ``x (..., dx)``; exact value ``cond.weights``."""
-    return cond.responsibilities(x.reshape(-1, cond.d)).mean(0)
+    return cond.responsibilities(_check_samples(x, cond)).mean(0)
 
 
 def w1_1d(x, cond, *, grid_size=4001):
@@ -755,7 +791,7 @@ def w1_1d(x, cond, *, grid_size=4001):
     ``cond``: ``int |F_n - F|`` on a fine grid covering both."""
     if cond.d != 1:
         raise ValueError("w1_1d needs a one-dimensional conditional")
-    s = torch.sort(x.reshape(-1))[0]
+    s = torch.sort(_check_samples(x, cond).reshape(-1))[0]
     sd = cond.covs[:, 0, 0].sqrt()
     lo = min(float(s[0]), float((cond.means[:, 0] - 8 * sd).min()))
     hi = max(float(s[-1]), float((cond.means[:, 0] + 8 * sd).max()))

@@ -297,3 +297,91 @@ def test_tds_em_kernel_targets_the_discretised_model():
     assert abs(m_em - m_q) > 0.05                   # the discretised model differs from q at eps = 0.5
     with pytest.raises(ValueError, match="score"):
         C.tds(P, y, sch, runs=2, n=2, kernel="em")
+
+
+# ---- input checks (issue 16): each raises a ValueError naming the input -----------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_observation_is_rejected(bad):
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    for f in (C.replacement, C.smcdiff, C.langevin_replacement):
+        with pytest.raises(ValueError, match="y0"):
+            f(P, bad, sch, runs=2, n=2)
+    for f in (C.tds, C.reconstruction_guidance):
+        with pytest.raises(ValueError, match="'y'|y must"):
+            f(P, bad, sch, runs=2, n=2)
+    with pytest.raises(ValueError, match="'y'|y must"):
+        C.tds_exact(P, bad, 0.1)
+    with pytest.raises(ValueError, match="y0"):
+        P.exact(bad)
+    with pytest.raises(ValueError, match="y0"):
+        C.context_path(P, bad, sch, 2)
+
+
+def test_inpainting_rejects_non_integer_coordinates():
+    mix = _mix()
+    for bad in ([0.5], [1.0], [True], "1"):
+        with pytest.raises(ValueError, match="idx_y"):
+            C.Inpainting(mix, bad)
+    P = C.Inpainting(mix, [torch.tensor(1)])          # integer tensors and numpy integers are coordinates
+    assert P.iy.tolist() == [1]
+    np = pytest.importorskip("numpy")
+    assert C.Inpainting(mix, np.array([1])).iy.tolist() == [1]
+
+
+def test_mode_weights_checks_its_input():
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    ex = P.exact(-0.3)
+    x = ex.sample(10, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(C.mode_weights(x.reshape(5, 2, 1), ex), C.mode_weights(x, ex))
+    with pytest.raises(ValueError, match="x"):
+        C.mode_weights(torch.zeros(5, 2, dtype=torch.float64), ex)     # Z = [X, Y], not X
+    with pytest.raises(ValueError, match="x"):
+        C.mode_weights(x.float(), ex)
+    with pytest.raises(ValueError, match="x"):
+        C.mode_weights(torch.full((3, 1), float("nan"), dtype=torch.float64), ex)
+
+
+def test_w1_1d_checks_its_input_and_is_right():
+    mix = _mix()
+    ex = C.Inpainting(mix, [1]).exact(-0.3)
+    with pytest.raises(ValueError, match="x"):
+        C.w1_1d(torch.tensor([0.0, float("nan")], dtype=torch.float64), ex)
+    with pytest.raises(ValueError, match="x"):
+        C.w1_1d(torch.zeros(0, dtype=torch.float64), ex)
+    with pytest.raises(ValueError, match="x"):
+        C.w1_1d(torch.zeros(3, dtype=torch.float32), ex)
+    # W1 of a point mass at c to N(0, 1) is E|Z - c| = 2 phi(c) + c (2 Phi(c) - 1)
+    g = targets.GaussianMixture([1.0], [[0.0]], [[[1.0]]])
+    c = 0.7
+    ref = 2 * math.exp(-c * c / 2) / math.sqrt(2 * math.pi) + c * math.erf(c / math.sqrt(2))
+    # (the empirical CDF jumps by 1 inside one cell of the default grid: error <= its spacing, 16 / 4000)
+    assert abs(C.w1_1d(torch.full((5,), c, dtype=torch.float64), g) - ref) < 16 / 4000
+
+
+def test_smcdiff_rejects_a_path_that_does_not_start_at_y0():
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    path = C.context_path(P, -0.3, sch, 1, generator=torch.Generator().manual_seed(0))[0]
+    C.smcdiff(P, -0.3, sch, runs=2, n=2, path=path)                     # consistent: fine
+    with pytest.raises(ValueError, match="path"):
+        C.smcdiff(P, 0.4, sch, runs=2, n=2, path=path)
+
+
+def test_numpy_integer_counts_are_accepted():
+    np = pytest.importorskip("numpy")
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    g = lambda: torch.Generator().manual_seed(1)
+    a = C.smcdiff(P, -0.3, sch, runs=np.int64(3), n=np.int32(4), generator=g())
+    b = C.smcdiff(P, -0.3, sch, runs=3, n=4, generator=g())
+    assert torch.equal(a.x, b.x)
+    out = C.langevin_replacement(P, -0.3, sch, runs=np.int64(2), n=1, langevin_steps=np.int64(2), generator=g())
+    assert out.nfe == sch.T + 2 * sch.T and isinstance(out.nfe, int)
+    for bad in (True, 2.0, np.float64(2.0)):
+        with pytest.raises(ValueError, match="runs"):
+            C.smcdiff(P, -0.3, sch, runs=bad, n=2)
