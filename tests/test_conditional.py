@@ -385,3 +385,61 @@ def test_numpy_integer_counts_are_accepted():
     for bad in (True, 2.0, np.float64(2.0)):
         with pytest.raises(ValueError, match="runs"):
             C.smcdiff(P, -0.3, sch, runs=bad, n=2)
+
+
+# ---- adaptive resampling and the MALA step rule --------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["multinomial", "systematic"])
+def test_adaptive_resampling_keeps_smcdiff_and_tds_unbiased(scheme):
+    """With an ESS threshold the runs carry weights between resamplings: Zhat stays unbiased for the context-path
+    likelihood (SMCDiff) and for p(y) (TDS), and the weighted estimate of E[X_0 | Y_0] stays consistent."""
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.25, 4.0)
+    R = 2000
+    out = C.smcdiff(P, -0.3, sch, runs=R, n=16, resampling=scheme, ess_threshold=0.5,
+                    generator=torch.Generator().manual_seed(13))
+    assert out.log_w is not None and torch.allclose(torch.logsumexp(out.log_w, -1), out.log_w.new_zeros(R))
+    assert (out.ess >= 1 - 1e-9).all() and (out.ess <= 16 + 1e-9).all()
+    ratio = torch.exp(out.log_z - C.context_log_likelihood(P, out.context, sch))
+    assert abs(float(ratio.mean()) - 1) < 4 * float(ratio.std()) / math.sqrt(R)
+    u = ratio * (C.weighted_mean(out)[:, 0] - P.exact(-0.3).mean()[0])     # E[Zhat (m_hat - m)] = 0 at any N
+    assert abs(float(u.mean())) < 4 * float(u.std()) / math.sqrt(R)
+    t = C.tds(P, -0.3, sch, runs=1000, n=16, sigma_y=0.2, resampling=scheme, ess_threshold=0.5,
+              generator=torch.Generator().manual_seed(14))
+    r = torch.exp(t.log_z - C.tds_exact(P, -0.3, 0.2)[1])
+    assert abs(float(r.mean()) - 1) < 4 * float(r.std()) / math.sqrt(1000)
+
+
+def test_adaptive_resampling_threshold_one_resamples_like_every_step():
+    """Threshold 1 resamples every run whose weights are not exactly equal: the same draws as resampling always."""
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    g = lambda: torch.Generator().manual_seed(15)
+    a = C.smcdiff(P, -0.3, sch, runs=20, n=8, generator=g())
+    b = C.smcdiff(P, -0.3, sch, runs=20, n=8, ess_threshold=1.0, generator=g())
+    assert torch.equal(a.x, b.x) and torch.allclose(a.log_z, b.log_z, atol=1e-12)
+    for bad in (0.0, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="ess_threshold"):
+            C.smcdiff(P, -0.3, sch, runs=2, n=2, ess_threshold=bad)
+
+
+def test_mala_steps_hits_its_target_acceptance():
+    """The step rule: per level, the step whose pilot acceptance is the target; a per-level step sequence is then
+    used level by level (its MALA acceptance in the sampler is near the target too)."""
+    gauss = targets.Gaussian(torch.tensor([1.0, 0.5]), torch.tensor([[0.5, 0.3], [0.3, 0.6]]))
+    P = C.Inpainting(gauss, [1])
+    sch = schedules.ou(0.5, 4.0)
+    steps, acc = C.mala_steps(P, -0.3, sch, gauss.log_prob, target=0.6, chains=2000,
+                              generator=torch.Generator().manual_seed(16))
+    assert steps.shape == (sch.T + 1,) and (steps > 0).all()
+    assert ((acc - 0.6).abs() < 0.05).all()
+    out = C.langevin_replacement(P, -0.3, sch, runs=2000, n=1, langevin_steps=10, step=steps, corrector="mala",
+                                 log_prob=gauss.log_prob, generator=torch.Generator().manual_seed(17))
+    assert abs(out.accept - 0.6) < 0.05
+    with pytest.raises(ValueError, match="step"):
+        C.langevin_replacement(P, -0.3, sch, runs=2, n=1, step=steps[:-1])
+    with pytest.raises(ValueError, match="step"):
+        C.langevin_replacement(P, -0.3, sch, runs=2, n=1, step=-0.1)
+    with pytest.raises(ValueError, match="target"):
+        C.mala_steps(P, -0.3, sch, gauss.log_prob, target=1.2)
