@@ -23,9 +23,11 @@ The discretised model's own conditional ``p_em(X_0 | Y_{0:T})`` (what SMCDiff wi
 computed exactly for one-dimensional ``X`` by :func:`em_conditional_grid` (a grid forward filter).
 
 Samplers: :func:`replacement` (Algorithm 1, both context paths), :func:`langevin_replacement` (Algorithm 2,
-unadjusted or Metropolis-adjusted corrector; :func:`langevin_fixed` runs the corrector alone at one noise level), :func:`smcdiff` (Algorithm 3, with its likelihood estimate and
-ESS), :func:`tds` (twisted SMC, Wu et al. 2023) and :func:`reconstruction_guidance` (TDS's proposal without
-weights).  Resampling: :func:`resample_multinomial`, :func:`resample_systematic`.
+unadjusted or Metropolis-adjusted corrector, one step or a step per level; :func:`mala_steps` chooses the step per
+level for a target acceptance rate; :func:`langevin_fixed` runs the corrector alone at one noise level),
+:func:`smcdiff` (Algorithm 3, with its likelihood estimate and ESS), :func:`tds` (twisted SMC, Wu et al. 2023) and
+:func:`reconstruction_guidance` (TDS's proposal without weights).  Resampling: :func:`resample_multinomial`,
+:func:`resample_systematic`, at every step or adaptively (``ess_threshold``).
 """
 from __future__ import annotations
 
