@@ -23,13 +23,16 @@ The discretised model's own conditional ``p_em(X_0 | Y_{0:T})`` (what SMCDiff wi
 computed exactly for one-dimensional ``X`` by :func:`em_conditional_grid` (a grid forward filter).
 
 Samplers: :func:`replacement` (Algorithm 1, both context paths), :func:`langevin_replacement` (Algorithm 2,
-unadjusted or Metropolis-adjusted corrector; :func:`langevin_fixed` runs the corrector alone at one noise level), :func:`smcdiff` (Algorithm 3, with its likelihood estimate and
-ESS), :func:`tds` (twisted SMC, Wu et al. 2023) and :func:`reconstruction_guidance` (TDS's proposal without
-weights).  Resampling: :func:`resample_multinomial`, :func:`resample_systematic`.
+unadjusted or Metropolis-adjusted corrector, one step or a step per level; :func:`mala_steps` chooses the step per
+level for a target acceptance rate; :func:`langevin_fixed` runs the corrector alone at one noise level),
+:func:`smcdiff` (Algorithm 3, with its likelihood estimate and ESS), :func:`tds` (twisted SMC, Wu et al. 2023) and
+:func:`reconstruction_guidance` (TDS's proposal without weights).  Resampling: :func:`resample_multinomial`,
+:func:`resample_systematic`, at every step or adaptively (``ess_threshold``).
 """
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +45,7 @@ from .targets import (LOG2PI, GaussianMixture, logsumexp_last, sample_mixture_co
 __all__ = ["Inpainting", "CondSamples", "context_path", "context_log_likelihood", "replacement",
            "langevin_replacement", "smcdiff", "tds", "reconstruction_guidance", "resample_multinomial",
            "resample_systematic", "RESAMPLERS", "ess", "noised", "marginal", "weighted_mean", "mode_weights",
-           "w1_1d", "tds_exact", "retain_one", "langevin_fixed", "em_conditional_grid", "GridConditional"]
+           "w1_1d", "tds_exact", "retain_one", "langevin_fixed", "mala_steps", "em_conditional_grid", "GridConditional"]
 
 KERNELS = ("em", "true")
 CONTEXTS = ("forward", "fixed")
@@ -55,8 +58,14 @@ class Inpainting:
     def __init__(self, mixture, idx_y):
         if not isinstance(mixture, GaussianMixture):
             raise ValueError("mixture must be a GaussianMixture")
-        iy = torch.as_tensor(idx_y, dtype=torch.long).reshape(-1).cpu()
         d = mixture.d
+        try:
+            raw = torch.as_tensor(idx_y).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"idx_y must list integer coordinates, got {idx_y!r}") from None
+        if raw.dtype == torch.bool or raw.is_floating_point() or raw.is_complex():
+            raise ValueError(f"idx_y must list integer coordinates (not floats or bools), got {idx_y!r}")
+        iy = raw.to(torch.long).cpu()
         if iy.numel() < 1 or iy.numel() >= d or len(set(iy.tolist())) != iy.numel() or \
                 (iy < 0).any() or (iy >= d).any():
             raise ValueError(f"idx_y must list distinct coordinates in [0, {d}) and leave at least one free")
@@ -80,12 +89,20 @@ class Inpainting:
 
     def exact(self, y0):
         """The exact conditional law of ``X_0 | Y_0 = y0`` (a Gaussian mixture in ``dx`` dimensions)."""
-        return self.mix.condition(self.iy, y0)
+        return self.mix.condition(self.iy, self.y0_vector(y0))
 
-    def y0_vector(self, y0):
-        y0 = torch.as_tensor(y0, dtype=torch.float64, device=self.device).reshape(-1)
+    def y0_vector(self, y0, name="y0"):
+        """``y0`` as a finite float64 ``(dy,)`` vector (``name``: the parameter named in the error)."""
+        if isinstance(y0, bool) or (torch.is_tensor(y0) and y0.dtype == torch.bool):
+            raise ValueError(f"{name} must be a number or a vector of {self.dy} numbers, got {y0!r}")
+        try:
+            y0 = torch.as_tensor(y0, dtype=torch.float64, device=self.device).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{name} must be a number or a vector of {self.dy} numbers, got {y0!r}") from None
         if y0.numel() != self.dy:
-            raise ValueError(f"y0 must have {self.dy} entries, got {y0.numel()}")
+            raise ValueError(f"{name} must have {self.dy} entries, got {y0.numel()}")
+        if not torch.isfinite(y0).all():
+            raise ValueError(f"{name} must be finite, got {y0.tolist()}")
         return y0
 
 
@@ -108,8 +125,10 @@ class CondSamples:
 
 # ---- small helpers ------------------------------------------------------------------------------------------
 def _check_int(name, v, lo=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+    """``v`` as a Python int (numpy and other integral types accepted; bools and floats are not)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return int(v)
 
 
 def _check_common(problem, schedule, runs, n, kernel, score):
@@ -117,13 +136,12 @@ def _check_common(problem, schedule, runs, n, kernel, score):
         raise ValueError("problem must be an Inpainting")
     if not isinstance(schedule, VPSchedule):
         raise ValueError("schedule must be a VPSchedule")
-    _check_int("runs", runs)
-    _check_int("n", n)
+    runs, n = _check_int("runs", runs), _check_int("n", n)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "em" and score is None:
         raise ValueError("score is required with kernel='em'")
-    return schedule.to(problem.device)
+    return schedule.to(problem.device), runs, n
 
 
 def _randn(shape, like, generator):
@@ -192,7 +210,7 @@ def context_path(problem, y0, schedule, runs, *, kind="forward", generator=None)
     or ``"forward"`` (the noising chain ``Y_i = sqrt(alpha_i) Y_{i-1} + sqrt(beta_i) W`` from ``Y_0 = y0``)."""
     if kind not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {kind!r}")
-    _check_int("runs", runs)
+    runs = _check_int("runs", runs)
     y0 = problem.y0_vector(y0)
     sch = schedule.to(problem.device)
     if kind == "fixed":
@@ -290,7 +308,7 @@ def em_conditional_grid(problem, path, schedule, *, score=None, grid=None, init=
         raise ValueError("schedule must be a VPSchedule")
     if init not in ("exact", "gaussian"):
         raise ValueError(f"init must be 'exact' or 'gaussian', got {init!r}")
-    _check_int("chunk", chunk)
+    chunk = _check_int("chunk", chunk)
     sch = schedule.to(problem.device)
     path = _check_path(problem, path, sch)
     score = problem.mix.score if score is None else score
@@ -483,16 +501,19 @@ def langevin_replacement(problem, y0, schedule, *, runs, n, kernel="true", score
     ``log_prob(z, lab)`` of the joint: exact invariant law).  The Langevin score is ``score`` (the exact mixture
     score by default).  ``langevin_stop``: the corrector runs only at steps ``s >= langevin_stop`` (a learned
     score has no value at ``t = 0``: ``langevin_stop=1`` stops it at the smallest noise level of the schedule,
-    and the last replacement step is not corrected).  ``nfe`` counts ``T + L x`` (corrected levels)."""
-    sch = _check_common(problem, schedule, runs, n, kernel, score)
-    _check_int("langevin_steps", langevin_steps, lo=0)
-    _check_int("langevin_stop", langevin_stop, lo=0)
+    and the last replacement step is not corrected).  ``nfe`` counts ``T + L x`` (corrected levels).
+
+    ``step``: one Langevin step for every level, or a sequence of ``T + 1`` steps indexed by the level ``s``
+    (e.g. from :func:`mala_steps`, a step per level chosen for a target acceptance rate).  The returned
+    ``accept`` is the MALA acceptance rate averaged over the corrected levels."""
+    sch, runs, n = _check_common(problem, schedule, runs, n, kernel, score)
+    langevin_steps = _check_int("langevin_steps", langevin_steps, lo=0)
+    langevin_stop = _check_int("langevin_stop", langevin_stop, lo=0)
     if langevin_stop > sch.T:
         raise ValueError(f"langevin_stop must be <= T = {sch.T}, got {langevin_stop}")
     if corrector not in ("ula", "mala"):
         raise ValueError(f"corrector must be 'ula' or 'mala', got {corrector!r}")
-    if langevin_steps and not step > 0:
-        raise ValueError(f"step must be positive, got {step}")
+    steps = _level_steps(step, sch.T) if langevin_steps else None
     if corrector == "mala" and langevin_steps and log_prob is None:
         raise ValueError("corrector='mala' needs log_prob(z, lab) of the joint")
     lscore = score if score is not None else problem.mix.score
@@ -503,12 +524,72 @@ def langevin_replacement(problem, y0, schedule, *, runs, n, kernel="true", score
         _, (params, sampler) = _x_step(problem, kernel, score, sch, i, x, path[:, i], path[:, i - 1], False)
         x = sampler(params, generator)
         if langevin_steps and i - 1 >= langevin_stop:
-            x, a = _langevin(problem, x, path[:, i - 1], sch.lab(i - 1), lscore, langevin_steps, step, corrector,
-                             log_prob, generator)
+            x, a = _langevin(problem, x, path[:, i - 1], sch.lab(i - 1), lscore, langevin_steps, steps[i - 1],
+                             corrector, log_prob, generator)
             acc, n_acc = acc + a, n_acc + 1
         _check_finite(x, i, "replacement")
     nfe = sch.T + langevin_steps * (sch.T - langevin_stop)
     return CondSamples(x, nfe, accept=(acc / n_acc if corrector == "mala" and n_acc else None), context=path)
+
+
+def _level_steps(step, T):
+    """A Langevin step per level ``0..T`` (Python floats) from one positive step or a sequence of ``T + 1``."""
+    if torch.is_tensor(step) or isinstance(step, (list, tuple)):
+        v = torch.as_tensor(step, dtype=torch.float64).reshape(-1)
+        if v.numel() != T + 1:
+            raise ValueError(f"step must be a number or {T + 1} steps (one per level 0..T), got {v.numel()}")
+    elif isinstance(step, numbers.Real) and not isinstance(step, bool):
+        v = torch.full((T + 1,), float(step), dtype=torch.float64)
+    else:
+        raise ValueError(f"step must be a positive number or a sequence of them, got {step!r}")
+    if not (torch.isfinite(v).all() and (v > 0).all()):
+        raise ValueError(f"step must be finite and positive, got {v.tolist() if v.numel() < 8 else step}")
+    return v.tolist()
+
+
+def mala_steps(problem, y0, schedule, log_prob, *, target=0.6, levels=None, chains=2000, pilot_steps=10,
+               iters=12, lo=1e-3, hi=4.0, generator=None):
+    """A MALA step per noise level chosen by a rule fixed before any error is measured: the step whose acceptance
+    rate is ``target`` (bisection on ``log step`` in ``[lo, hi]``, ``iters`` halvings) for ``pilot_steps`` MALA
+    steps from exact draws of the corrector's target at that level, ``X_s ~ q_s(X | Y_s)`` with ``Y_s`` from the
+    forward noising of ``y0`` (the law the chains of :func:`langevin_replacement` see there when the corrector has
+    mixed).  ``levels``: the levels to tune (default all ``0..T``); the others get the step of the nearest tuned
+    level.  Returns ``(steps (T + 1,), acceptance (T + 1,))`` (float64; the acceptance at the chosen step,
+    measured on fresh pilot draws).  The rate is monotone in the step over this range for the unimodal and
+    well-separated cases; bisection assumes it."""
+    if not isinstance(problem, Inpainting):
+        raise ValueError("problem must be an Inpainting")
+    if not isinstance(schedule, VPSchedule):
+        raise ValueError("schedule must be a VPSchedule")
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target must be in (0, 1), got {target}")
+    chains, pilot_steps, iters = (_check_int("chains", chains), _check_int("pilot_steps", pilot_steps),
+                                  _check_int("iters", iters))
+    if not 0 < lo < hi:
+        raise ValueError(f"need 0 < lo < hi, got lo={lo}, hi={hi}")
+    sch = schedule.to(problem.device)
+    y0 = problem.y0_vector(y0)
+    levels = list(range(sch.T + 1)) if levels is None else sorted({_check_int("levels", v, lo=0) for v in levels})
+    if not levels or levels[-1] > sch.T:
+        raise ValueError(f"levels must be a non-empty list of levels in [0, {sch.T}]")
+    tuned_s, tuned_a = {}, {}
+    for s in levels:
+        lab = sch.lab(s)
+        ys = torch.exp(0.5 * lab) * y0 + torch.sqrt(-torch.expm1(lab)) * _randn((chains, problem.dy), y0, generator)
+
+        def accept(step):
+            x = _init_x(problem, ys, lab, 1, "exact", generator)
+            return _langevin(problem, x, ys, lab, problem.mix.score, pilot_steps, step, "mala", log_prob,
+                             generator)[1]
+        a, b = math.log(lo), math.log(hi)
+        for _ in range(iters):
+            m = 0.5 * (a + b)
+            a, b = (m, b) if accept(math.exp(m)) > target else (a, m)
+        tuned_s[s] = math.exp(0.5 * (a + b))
+        tuned_a[s] = accept(tuned_s[s])
+    near = [min(levels, key=lambda v: abs(v - s)) for s in range(sch.T + 1)]
+    dt = dict(dtype=torch.float64, device=problem.device)
+    return torch.tensor([tuned_s[v] for v in near], **dt), torch.tensor([tuned_a[v] for v in near], **dt)
 
 
 def langevin_fixed(problem, x, y, lab, *, steps, step, corrector="ula", score=None, log_prob=None,
@@ -522,7 +603,7 @@ def langevin_fixed(problem, x, y, lab, *, steps, step, corrector="ula", score=No
         raise ValueError("problem must be an Inpainting")
     if not torch.is_tensor(x) or x.ndim != 3 or x.shape[-1] != problem.dx:
         raise ValueError(f"x must be a (runs, n, {problem.dx}) tensor")
-    _check_int("steps", steps, lo=1)
+    steps = _check_int("steps", steps, lo=1)
     if not step > 0:
         raise ValueError(f"step must be positive, got {step}")
     if corrector not in ("ula", "mala"):
@@ -569,7 +650,7 @@ def _langevin(problem, x, y, lab, score, L, step, corrector, log_prob, generator
 
 # ---- Algorithm 3: SMCDiff (bootstrap particle filter) --------------------------------------------------------
 def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, context="forward", init="exact",
-            resampling="systematic", generator=None, progress=False, path=None):
+            resampling="systematic", ess_threshold=None, generator=None, progress=False, path=None):
     """Algorithm 3 of 001 (Trippe et al. 2023): for ``t = T, ..., 1``: weight ``w_k = p(Y_s | X_t^k, Y_t)``,
     normalise, resample, propagate ``X_s^k ~ p(X_s | X_t^k, Y_t[, Y_s])`` (with the true kernel, conditioned
     on ``Y_s``: the kernel is not separable).  Returns the ``n`` equally weighted particles of each run, the
@@ -578,10 +659,16 @@ def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, contex
     the discretised one, see :func:`em_conditional_grid`).
 
     ``path``: an optional given context path ``(T + 1, dy)`` (shared by all runs) or ``(runs, T + 1, dy)``
-    (index = step); it replaces the path drawn from ``context`` (``path[..., 0, :]`` should be ``y0``)."""
-    sch = _check_common(problem, schedule, runs, n, kernel, score)
+    (index = step); it replaces the path drawn from ``context`` (``path[..., 0, :]`` must be ``y0``).
+
+    Resampling: ``resampling`` names the scheme (``"systematic"`` or ``"multinomial"``); ``ess_threshold=None``
+    resamples every run at every step (Algorithm 3 as written), a number ``r`` in ``(0, 1]`` only the runs whose
+    ESS is below ``r n`` (adaptive resampling; the others keep their weights, which the returned ``log_w`` then
+    carries).  ``ess`` is the ESS of the accumulated weights before each resampling decision."""
+    sch, runs, n = _check_common(problem, schedule, runs, n, kernel, score)
     if resampling not in RESAMPLERS:
         raise ValueError(f"resampling must be one of {tuple(RESAMPLERS)}, got {resampling!r}")
+    y0 = problem.y0_vector(y0)
     if path is None:
         path = context_path(problem, y0, sch, runs, kind=context, generator=generator)
     else:
@@ -589,18 +676,51 @@ def smcdiff(problem, y0, schedule, *, runs, n, kernel="true", score=None, contex
         if path.shape[0] not in (1, runs):
             raise ValueError(f"path must have shape ({sch.T + 1}, {problem.dy}) or ({runs}, {sch.T + 1}, "
                              f"{problem.dy}), got {tuple(path.shape)}")
+        if not torch.allclose(path[:, 0], y0.expand_as(path[:, 0]), rtol=0.0, atol=1e-12):
+            raise ValueError(f"path must start at y0 = {y0.tolist()} (its row 0 is Y_0), got row 0 = "
+                             f"{path[0, 0].tolist()}")
         path = path.expand(runs, sch.T + 1, problem.dy)
+    thr = _check_threshold(ess_threshold)
     x = _init_x(problem, path[:, sch.T], sch.lab(sch.T), n, init, generator)
     log_z = x.new_zeros(runs)
+    lw = x.new_full((runs, n), -math.log(n))              # normalised log weights carried between steps
     ess_t = []
     for i in _steps(sch, 0, progress, "SMCDiff"):
         log_w, (params, sampler) = _x_step(problem, kernel, score, sch, i, x, path[:, i], path[:, i - 1], True)
-        log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
-        ess_t.append(ess(log_w))
-        idx = RESAMPLERS[resampling](log_w, generator)
+        idx, lw, lz, e = _resample_step(lw + log_w, resampling, thr, generator)
+        log_z, ess_t = log_z + lz, ess_t + [e]
         x = sampler(_gather(params, idx), generator)
         _check_finite(x, i, "smcdiff")
-    return CondSamples(x, sch.T, log_z=log_z, ess=torch.stack(ess_t, 1), context=path)
+    return CondSamples(x, sch.T, log_w=None if thr is None else lw, log_z=log_z, ess=torch.stack(ess_t, 1),
+                       context=path)
+
+
+def _check_threshold(ess_threshold):
+    if ess_threshold is None:
+        return None
+    if isinstance(ess_threshold, bool) or not isinstance(ess_threshold, numbers.Real) or \
+            not 0.0 < float(ess_threshold) <= 1.0:
+        raise ValueError(f"ess_threshold must be None (resample at every step) or a number in (0, 1], "
+                         f"got {ess_threshold!r}")
+    return float(ess_threshold)
+
+
+def _resample_step(la, resampling, thr, generator):
+    """One resampling decision on the unnormalised log weights ``la (runs, n)`` (the carried normalised weights
+    plus the step's incremental ones).  Returns the ancestors ``idx``, the normalised log weights after it
+    (uniform where a run resampled), the step's factor of ``log Zhat`` (``logsumexp la``) and the ESS before it.
+    ``thr=None``: every run resamples; else a run resamples iff its ESS < ``thr n``."""
+    runs, n = la.shape
+    lz = torch.logsumexp(la, -1)
+    lw = la - lz[:, None]
+    e = ess(lw)
+    idx = RESAMPLERS[resampling](lw, generator)
+    if thr is None:
+        return idx, torch.full_like(lw, -math.log(n)), lz, e
+    keep = e >= thr * n
+    idx = torch.where(keep[:, None], torch.arange(n, device=la.device).expand(runs, n), idx)
+    lw = torch.where(keep[:, None], lw, torch.full_like(lw, -math.log(n)))
+    return idx, lw, lz, e
 
 
 # ---- beyond the document: TDS and reconstruction guidance ---------------------------------------------------------
@@ -625,7 +745,7 @@ def _tds_check(problem, y, sigma_y, inflate):
         raise ValueError(f"sigma_y must be positive, got {sigma_y}")
     if not inflate >= 0:
         raise ValueError(f"inflate must be >= 0, got {inflate}")
-    return problem.y0_vector(y)
+    return problem.y0_vector(y, "y")
 
 
 def _twisted_step(problem, sch, i, z, twist_t, y, sigma_y, inflate, generator, weights, kernel="true", score=None):
@@ -660,8 +780,8 @@ def _twisted_step(problem, sch, i, z, twist_t, y, sigma_y, inflate, generator, w
     return z_new, torch.logsumexp(base, 0) + twist_s[0] - torch.logsumexp(prop, 0) - lp_t, twist_s
 
 
-def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="systematic", generator=None,
-        progress=False, kernel="true", score=None):
+def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="systematic", ess_threshold=None,
+        generator=None, progress=False, kernel="true", score=None):
     """Twisted diffusion sampler (Wu et al. 2023) for ``y = Z_0[idx_y] + sigma_y W`` on the exact model (the
     mixture's true reverse kernel).  ``Z_T ~ q_T`` with weight ``p~_T(y | Z_T)``; each step resamples, moves with
     the twisted proposal and reweights (:func:`_twisted_step`).  At ``t = 0`` the twist is ``p(y | Z_0)``
@@ -672,29 +792,30 @@ def tds(problem, y, schedule, *, runs, n, sigma_y=0.1, inflate=1.0, resampling="
     ``kernel="em"``: the base model is the discretised one (``Z_T ~ q_T``, then the corrected EM kernel with
     ``score``); TDS is then exact for *that* model's ``p_em(X_0 | y)``, not for ``q(X_0 | y)``.  The twist still uses
     the exact mixture score and Jacobian; ``nfe`` counts 3 per step (the kernel's score, the twist's score and
-    Jacobian)."""
-    sch = _check_common(problem, schedule, runs, n, kernel, score)
+    Jacobian).  ``resampling`` and ``ess_threshold`` as in :func:`smcdiff`."""
+    sch, runs, n = _check_common(problem, schedule, runs, n, kernel, score)
     y = _tds_check(problem, y, sigma_y, inflate)
     if resampling not in RESAMPLERS:
         raise ValueError(f"resampling must be one of {tuple(RESAMPLERS)}, got {resampling!r}")
     # particles as columns (d, runs n): elementwise work then runs along the particles (see targets.GaussianMixture._z)
     z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator).T.contiguous()
+    thr = _check_threshold(ess_threshold)
     lp, g = _twist(problem, z, sch.lab(sch.T), y, sigma_y, inflate)
-    log_w = lp.reshape(runs, n)
+    la = lp.reshape(runs, n) - math.log(n)                 # carried normalised log weight + incremental one
     log_z = z.new_zeros(runs)
     offset = n * torch.arange(runs, device=z.device)[:, None]
     ess_t = []
     for i in _steps(sch, 0, progress, "TDS"):
-        log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
-        ess_t.append(ess(log_w))
-        idx = (RESAMPLERS[resampling](log_w, generator) + offset).reshape(-1)
+        idx, lw, lz, e = _resample_step(la, resampling, thr, generator)
+        log_z, ess_t = log_z + lz, ess_t + [e]
+        idx = (idx + offset).reshape(-1)
         z, inc, (lp, g) = _twisted_step(problem, sch, i, z[:, idx], (lp[idx], g[:, idx]), y, sigma_y, inflate,
                                         generator, True, kernel, score)
-        log_w = inc.reshape(runs, n)
+        la = lw + inc.reshape(runs, n)
         _check_finite(z, i, "tds")
-    log_z = log_z + torch.logsumexp(log_w, -1) - math.log(n)
+    log_z = log_z + torch.logsumexp(la, -1)
     x = z[problem.ix].T.reshape(runs, n, problem.dx)
-    return CondSamples(x, (3 if kernel == "em" else 2) * sch.T, log_w=torch.log_softmax(log_w, -1), log_z=log_z,
+    return CondSamples(x, (3 if kernel == "em" else 2) * sch.T, log_w=torch.log_softmax(la, -1), log_z=log_z,
                        ess=torch.stack(ess_t, 1))
 
 
@@ -703,7 +824,7 @@ def reconstruction_guidance(problem, y, schedule, *, runs, n, sigma_y=0.1, infla
     """Reconstruction guidance: TDS's twisted proposal with no weights and no resampling (``runs * n`` independent
     chains).  A heuristic: the score of ``p~_t(y | Z_t)`` is not that of ``q_t(y | Z_t)``, so its output law is
     not ``q(Z_0 | y)`` whatever ``n``."""
-    sch = _check_common(problem, schedule, runs, n, "true", None)
+    sch, runs, n = _check_common(problem, schedule, runs, n, "true", None)
     y = _tds_check(problem, y, sigma_y, inflate)
     z = noised(problem.mix, sch.lab(sch.T)).sample(runs * n, generator=generator).T.contiguous()      # (d, m)
     for i in _steps(sch, 0, progress, "guidance"):
@@ -744,10 +865,26 @@ def retain_one(samples, generator=None):
     return samples.x[torch.arange(R, device=k.device), k]
 
 
+def _check_samples(x, cond):
+    """Pooled samples ``x (..., d)`` of the law of ``cond`` (last axis = ``cond.d``), float64, finite, non-empty."""
+    if not torch.is_tensor(x) or x.ndim < 1:
+        raise ValueError("x must be a tensor of samples")
+    if x.dtype != torch.float64:
+        raise ValueError(f"x must be float64 (theory checks), got {x.dtype}")
+    if (x.ndim < 2 and cond.d != 1) or (x.ndim >= 2 and x.shape[-1] != cond.d):
+        raise ValueError(f"x must have last axis {cond.d} (the conditioned coordinates X, not Z = [X, Y]), got "
+                         f"shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError("x must hold at least one sample")
+    if not torch.isfinite(x).all():
+        raise ValueError("x must be finite (it holds NaN or inf)")
+    return x.reshape(-1, cond.d)
+
+
 def mode_weights(x, cond):
     """Estimated mode weights: the mean responsibility under the exact conditional mixture ``cond`` of the pooled
     samples ``x (..., dx)``; exact value ``cond.weights``."""
-    return cond.responsibilities(x.reshape(-1, cond.d)).mean(0)
+    return cond.responsibilities(_check_samples(x, cond)).mean(0)
 
 
 def w1_1d(x, cond, *, grid_size=4001):
@@ -755,7 +892,7 @@ def w1_1d(x, cond, *, grid_size=4001):
     ``cond``: ``int |F_n - F|`` on a fine grid covering both."""
     if cond.d != 1:
         raise ValueError("w1_1d needs a one-dimensional conditional")
-    s = torch.sort(x.reshape(-1))[0]
+    s = torch.sort(_check_samples(x, cond).reshape(-1))[0]
     sd = cond.covs[:, 0, 0].sqrt()
     lo = min(float(s[0]), float((cond.means[:, 0] - 8 * sd).min()))
     hi = max(float(s[-1]), float((cond.means[:, 0] + 8 * sd).max()))

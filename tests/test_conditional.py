@@ -297,3 +297,149 @@ def test_tds_em_kernel_targets_the_discretised_model():
     assert abs(m_em - m_q) > 0.05                   # the discretised model differs from q at eps = 0.5
     with pytest.raises(ValueError, match="score"):
         C.tds(P, y, sch, runs=2, n=2, kernel="em")
+
+
+# ---- input checks (issue 16): each raises a ValueError naming the input -----------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_observation_is_rejected(bad):
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    for f in (C.replacement, C.smcdiff, C.langevin_replacement):
+        with pytest.raises(ValueError, match="y0"):
+            f(P, bad, sch, runs=2, n=2)
+    for f in (C.tds, C.reconstruction_guidance):
+        with pytest.raises(ValueError, match="'y'|y must"):
+            f(P, bad, sch, runs=2, n=2)
+    with pytest.raises(ValueError, match="'y'|y must"):
+        C.tds_exact(P, bad, 0.1)
+    with pytest.raises(ValueError, match="y0"):
+        P.exact(bad)
+    with pytest.raises(ValueError, match="y0"):
+        C.context_path(P, bad, sch, 2)
+
+
+def test_inpainting_rejects_non_integer_coordinates():
+    mix = _mix()
+    for bad in ([0.5], [1.0], [True], "1"):
+        with pytest.raises(ValueError, match="idx_y"):
+            C.Inpainting(mix, bad)
+    P = C.Inpainting(mix, [torch.tensor(1)])          # integer tensors and numpy integers are coordinates
+    assert P.iy.tolist() == [1]
+    np = pytest.importorskip("numpy")
+    assert C.Inpainting(mix, np.array([1])).iy.tolist() == [1]
+
+
+def test_mode_weights_checks_its_input():
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    ex = P.exact(-0.3)
+    x = ex.sample(10, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(C.mode_weights(x.reshape(5, 2, 1), ex), C.mode_weights(x, ex))
+    with pytest.raises(ValueError, match="x"):
+        C.mode_weights(torch.zeros(5, 2, dtype=torch.float64), ex)     # Z = [X, Y], not X
+    with pytest.raises(ValueError, match="x"):
+        C.mode_weights(x.float(), ex)
+    with pytest.raises(ValueError, match="x"):
+        C.mode_weights(torch.full((3, 1), float("nan"), dtype=torch.float64), ex)
+
+
+def test_w1_1d_checks_its_input_and_is_right():
+    mix = _mix()
+    ex = C.Inpainting(mix, [1]).exact(-0.3)
+    with pytest.raises(ValueError, match="x"):
+        C.w1_1d(torch.tensor([0.0, float("nan")], dtype=torch.float64), ex)
+    with pytest.raises(ValueError, match="x"):
+        C.w1_1d(torch.zeros(0, dtype=torch.float64), ex)
+    with pytest.raises(ValueError, match="x"):
+        C.w1_1d(torch.zeros(3, dtype=torch.float32), ex)
+    # W1 of a point mass at c to N(0, 1) is E|Z - c| = 2 phi(c) + c (2 Phi(c) - 1)
+    g = targets.GaussianMixture([1.0], [[0.0]], [[[1.0]]])
+    c = 0.7
+    ref = 2 * math.exp(-c * c / 2) / math.sqrt(2 * math.pi) + c * math.erf(c / math.sqrt(2))
+    # (the empirical CDF jumps by 1 inside one cell of the default grid: error <= its spacing, 16 / 4000)
+    assert abs(C.w1_1d(torch.full((5,), c, dtype=torch.float64), g) - ref) < 16 / 4000
+
+
+def test_smcdiff_rejects_a_path_that_does_not_start_at_y0():
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    path = C.context_path(P, -0.3, sch, 1, generator=torch.Generator().manual_seed(0))[0]
+    C.smcdiff(P, -0.3, sch, runs=2, n=2, path=path)                     # consistent: fine
+    with pytest.raises(ValueError, match="path"):
+        C.smcdiff(P, 0.4, sch, runs=2, n=2, path=path)
+
+
+def test_numpy_integer_counts_are_accepted():
+    np = pytest.importorskip("numpy")
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    g = lambda: torch.Generator().manual_seed(1)
+    a = C.smcdiff(P, -0.3, sch, runs=np.int64(3), n=np.int32(4), generator=g())
+    b = C.smcdiff(P, -0.3, sch, runs=3, n=4, generator=g())
+    assert torch.equal(a.x, b.x)
+    out = C.langevin_replacement(P, -0.3, sch, runs=np.int64(2), n=1, langevin_steps=np.int64(2), generator=g())
+    assert out.nfe == sch.T + 2 * sch.T and isinstance(out.nfe, int)
+    for bad in (True, 2.0, np.float64(2.0)):
+        with pytest.raises(ValueError, match="runs"):
+            C.smcdiff(P, -0.3, sch, runs=bad, n=2)
+
+
+# ---- adaptive resampling and the MALA step rule --------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["multinomial", "systematic"])
+def test_adaptive_resampling_keeps_smcdiff_and_tds_unbiased(scheme):
+    """With an ESS threshold the runs carry weights between resamplings: Zhat stays unbiased for the context-path
+    likelihood (SMCDiff) and for p(y) (TDS), and the weighted estimate of E[X_0 | Y_0] stays consistent."""
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.25, 4.0)
+    R = 2000
+    out = C.smcdiff(P, -0.3, sch, runs=R, n=16, resampling=scheme, ess_threshold=0.5,
+                    generator=torch.Generator().manual_seed(13))
+    assert out.log_w is not None and torch.allclose(torch.logsumexp(out.log_w, -1), out.log_w.new_zeros(R))
+    assert (out.ess >= 1 - 1e-9).all() and (out.ess <= 16 + 1e-9).all()
+    ratio = torch.exp(out.log_z - C.context_log_likelihood(P, out.context, sch))
+    assert abs(float(ratio.mean()) - 1) < 4 * float(ratio.std()) / math.sqrt(R)
+    u = ratio * (C.weighted_mean(out)[:, 0] - P.exact(-0.3).mean()[0])     # E[Zhat (m_hat - m)] = 0 at any N
+    assert abs(float(u.mean())) < 4 * float(u.std()) / math.sqrt(R)
+    t = C.tds(P, -0.3, sch, runs=1000, n=16, sigma_y=0.2, resampling=scheme, ess_threshold=0.5,
+              generator=torch.Generator().manual_seed(14))
+    r = torch.exp(t.log_z - C.tds_exact(P, -0.3, 0.2)[1])
+    assert abs(float(r.mean()) - 1) < 4 * float(r.std()) / math.sqrt(1000)
+
+
+def test_adaptive_resampling_threshold_one_resamples_like_every_step():
+    """Threshold 1 resamples every run whose weights are not exactly equal: the same draws as resampling always."""
+    mix = _mix()
+    P = C.Inpainting(mix, [1])
+    sch = schedules.ou(0.5, 4.0)
+    g = lambda: torch.Generator().manual_seed(15)
+    a = C.smcdiff(P, -0.3, sch, runs=20, n=8, generator=g())
+    b = C.smcdiff(P, -0.3, sch, runs=20, n=8, ess_threshold=1.0, generator=g())
+    assert torch.equal(a.x, b.x) and torch.allclose(a.log_z, b.log_z, atol=1e-12)
+    for bad in (0.0, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="ess_threshold"):
+            C.smcdiff(P, -0.3, sch, runs=2, n=2, ess_threshold=bad)
+
+
+def test_mala_steps_hits_its_target_acceptance():
+    """The step rule: per level, the step whose pilot acceptance is the target; a per-level step sequence is then
+    used level by level (its MALA acceptance in the sampler is near the target too)."""
+    gauss = targets.Gaussian(torch.tensor([1.0, 0.5]), torch.tensor([[0.5, 0.3], [0.3, 0.6]]))
+    P = C.Inpainting(gauss, [1])
+    sch = schedules.ou(0.5, 4.0)
+    steps, acc = C.mala_steps(P, -0.3, sch, gauss.log_prob, target=0.6, chains=2000,
+                              generator=torch.Generator().manual_seed(16))
+    assert steps.shape == (sch.T + 1,) and (steps > 0).all()
+    assert ((acc - 0.6).abs() < 0.05).all()
+    out = C.langevin_replacement(P, -0.3, sch, runs=2000, n=1, langevin_steps=10, step=steps, corrector="mala",
+                                 log_prob=gauss.log_prob, generator=torch.Generator().manual_seed(17))
+    assert abs(out.accept - 0.6) < 0.05
+    with pytest.raises(ValueError, match="step"):
+        C.langevin_replacement(P, -0.3, sch, runs=2, n=1, step=steps[:-1])
+    with pytest.raises(ValueError, match="step"):
+        C.langevin_replacement(P, -0.3, sch, runs=2, n=1, step=-0.1)
+    with pytest.raises(ValueError, match="target"):
+        C.mala_steps(P, -0.3, sch, gauss.log_prob, target=1.2)
