@@ -84,8 +84,8 @@ def law(sampler, score, init, schedule, *, stop=0, **options):
     :class:`Gaussian`."""
     if not isinstance(score, AffineScore):
         raise ValueError("score must be an AffineScore (e.g. target.affine_score()) for an exact law")
-    if isinstance(stop, bool) or not isinstance(stop, int) or not 0 <= stop < schedule.T:
-        raise ValueError(f"stop must be an integer in [0, T) = [0, {schedule.T}), got {stop!r}")
+    S.check_schedule_stop(schedule, stop)       # the samplers' own checks: the law accepts what the sampler does
+    S.check_options(sampler, options)
     if isinstance(init, DiagonalGaussian):
         m, C = init.loc, init.var
     elif isinstance(init, Gaussian):

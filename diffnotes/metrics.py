@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .params import real
 from .targets import DiagonalGaussian, Gaussian
 
 __all__ = ["kl_gaussian", "kl_gaussian_or_inf", "hellinger_gaussian", "tv_grid", "kl_grid", "kl_mc", "fit_slope", "SlopeFit",
@@ -34,21 +35,54 @@ def _moments(p):
     raise ValueError(f"expected a Gaussian or DiagonalGaussian, got {type(p).__name__}")
 
 
-def kl_gaussian(p, q):
-    """``KL(p || q) = 1/2 [tr(Cq^{-1} Cp) + (mq - mp)^T Cq^{-1} (mq - mp) - d + log det Cq - log det Cp]``."""
+def _pair(p, q):
     mp, Cp = _moments(p)
     mq, Cq = _moments(q)
     if mp.shape != mq.shape:
         raise ValueError(f"p and q must have the same dimension, got {mp.numel()} and {mq.numel()}")
+    return mp, Cp, mq, Cq
+
+
+def _diag_degenerate(Cp, Cq, dm):
+    """Diagonal covariances with zero variances: ``(mutually singular, coordinates to keep)``.  A coordinate where
+    exactly one variance is zero, or both are zero at different means, makes the laws mutually singular; one where
+    both are zero at the same mean is the same point mass in both and drops out."""
+    zp, zq = Cp == 0, Cq == 0
+    both = zp & zq
+    return bool((zp ^ zq).any() or (both & (dm != 0)).any()), ~both
+
+
+def _singular_full(*Cs):
+    """Cholesky factors of full covariances, and whether each is singular (not positive definite)."""
+    out = [torch.linalg.cholesky_ex(C) for C in Cs]
+    return [L for L, _ in out], [bool(info) for _, info in out]
+
+
+def kl_gaussian(p, q):
+    """``KL(p || q) = 1/2 [tr(Cq^{-1} Cp) + (mq - mp)^T Cq^{-1} (mq - mp) - d + log det Cq - log det Cp]``.
+
+    With a singular covariance: ``inf`` when ``p`` is not absolutely continuous with respect to ``q`` (exactly one
+    of them singular, or, for diagonal covariances, a coordinate where they are different point masses); a
+    coordinate where both are the same point mass drops out; two singular full covariances are a ``ValueError``
+    (the answer depends on their supports: use their common eigenbasis)."""
+    mp, Cp, mq, Cq = _pair(p, q)
     dm = mq - mp
     if Cp.ndim == 1 and Cq.ndim == 1:
+        if bool((Cp == 0).any() or (Cq == 0).any()):
+            singular, keep = _diag_degenerate(Cp, Cq, dm)
+            if singular:
+                return dm.new_tensor(math.inf)
+            dm, Cp, Cq = dm[keep], Cp[keep], Cq[keep]
         r = Cp / Cq
         # sum(r - 1 - log r) is computed stably for r close to 1
         return 0.5 * ((dm ** 2 / Cq).sum() + (r - 1 - torch.log(r)).sum())
     Cp = torch.diag(Cp) if Cp.ndim == 1 else Cp
     Cq = torch.diag(Cq) if Cq.ndim == 1 else Cq
-    Lq = torch.linalg.cholesky(Cq)
-    Lp = torch.linalg.cholesky(Cp)
+    (Lq, Lp), (sq, sp) = _singular_full(Cq, Cp)
+    if sq and sp:
+        raise ValueError("p and q: both covariances are singular; KL(p || q) depends on their supports")
+    if sq or sp:
+        return dm.new_tensor(math.inf)
     W = torch.linalg.solve_triangular(Lq, Lp, upper=False)     # Lq^{-1} Lp
     z = torch.linalg.solve_triangular(Lq, dm[:, None], upper=False)
     logdet = 2 * (torch.log(torch.diagonal(Lq)).sum() - torch.log(torch.diagonal(Lp)).sum())
@@ -69,11 +103,16 @@ def kl_gaussian_or_inf(p, q, rtol=1e-12):
 
 def hellinger_gaussian(p, q):
     """Hellinger distance ``H`` with ``H^2 = 1 - BC(p, q)`` (Bhattacharyya coefficient), so that
-    ``H^2 <= TV(p, q) <= sqrt(2) H``."""
-    mp, Cp = _moments(p)
-    mq, Cq = _moments(q)
+    ``H^2 <= TV(p, q) <= sqrt(2) H``.  Singular covariances as in :func:`kl_gaussian`: 1 for mutually singular
+    laws."""
+    mp, Cp, mq, Cq = _pair(p, q)
     dm = mp - mq
     if Cp.ndim == 1 and Cq.ndim == 1:
+        if bool((Cp == 0).any() or (Cq == 0).any()):    # zero variances: see kl_gaussian
+            singular, keep = _diag_degenerate(Cp, Cq, dm)
+            if singular:
+                return dm.new_tensor(1.0)
+            dm, Cp, Cq = dm[keep], Cp[keep], Cq[keep]
         Cm = 0.5 * (Cp + Cq)
         log_bc = (0.25 * torch.log(Cp).sum() + 0.25 * torch.log(Cq).sum() - 0.5 * torch.log(Cm).sum()
                   - 0.125 * (dm ** 2 / Cm).sum())
@@ -81,6 +120,12 @@ def hellinger_gaussian(p, q):
         Cp = torch.diag(Cp) if Cp.ndim == 1 else Cp
         Cq = torch.diag(Cq) if Cq.ndim == 1 else Cq
         Cm = 0.5 * (Cp + Cq)
+        _, (sp, sq, sm) = _singular_full(Cp, Cq, Cm)
+        if sm:
+            raise ValueError("p and q: both covariances are singular along a common direction; H depends on "
+                             "their supports")
+        if sp or sq:                   # one law on a proper affine subspace, the other with a density
+            return dm.new_tensor(1.0)
         log_bc = (0.25 * torch.logdet(Cp) + 0.25 * torch.logdet(Cq) - 0.5 * torch.logdet(Cm)
                   - 0.125 * dm @ torch.linalg.solve(Cm, dm))
     return (-torch.expm1(log_bc)).clamp_min(0).sqrt()
@@ -136,6 +181,8 @@ def fit_slope(x, y, *, level=0.95, log_power=0.0):
     ``log x``.  The interval is the Student-t interval of the regression slope (``n - 2`` degrees of freedom)."""
     from scipy import stats
 
+    real("level", level, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    real("log_power", log_power)
     x = torch.as_tensor(x, dtype=torch.float64).flatten().cpu()
     y = torch.as_tensor(y, dtype=torch.float64).flatten().cpu()
     if x.numel() != y.numel() or x.numel() < 3:
@@ -144,6 +191,8 @@ def fit_slope(x, y, *, level=0.95, log_power=0.0):
         raise ValueError("x and y must be positive and finite for a log-log fit")
     if log_power and (x <= 1).any():
         raise ValueError("x must exceed 1 when a log factor is removed")
+    if bool((x == x[0]).all()):
+        raise ValueError("x must take at least two distinct values for a slope")
     lx = torch.log(x)
     ly = torch.log(y) - log_power * torch.log(lx) if log_power else torch.log(y)
     n = lx.numel()

@@ -1,9 +1,12 @@
 """Checks for notebook (papermill) parameters and devices: bad input is a ``ValueError`` naming the parameter."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
-__all__ = ["check", "resolve_device", "generator"]
+__all__ = ["check", "real", "resolve_device", "generator"]
 
 
 def check(name, value, kind, *, lo=None, hi=None, choices=None, each=False):
@@ -19,6 +22,8 @@ def check(name, value, kind, *, lo=None, hi=None, choices=None, each=False):
         value, ok_type = float(value), True
     if not ok_type:
         raise ValueError(f"parameter {name!r} must be of type {kind.__name__}, got {value!r}")
+    if kind is float and math.isnan(value):
+        raise ValueError(f"parameter {name!r} must be a number, got {value!r}")
     if choices is not None and value not in choices:
         raise ValueError(f"parameter {name!r} must be one of {list(choices)}, got {value!r}")
     if lo is not None and value < lo:
@@ -26,6 +31,25 @@ def check(name, value, kind, *, lo=None, hi=None, choices=None, each=False):
     if hi is not None and value > hi:
         raise ValueError(f"parameter {name!r} must be <= {hi}, got {value!r}")
     return value
+
+
+def real(name, value, *, lo=None, hi=None, lo_open=False, hi_open=False):
+    """``value`` as a Python float if it is a finite real number (an ``int``, a ``float``, a NumPy scalar or a 0-d
+    real tensor; never a ``bool``) in the interval from ``lo`` to ``hi`` (closed ends unless ``lo_open`` /
+    ``hi_open``), else a ``ValueError`` naming the argument ``name``: the one check of the package's numeric
+    arguments (schedule constants, ``eta``, confidence levels)."""
+    if torch.is_tensor(value) and value.ndim == 0 and value.dtype.is_floating_point:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+    if hi is not None and (v >= hi if hi_open else v > hi):
+        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value!r}")
+    return v
 
 
 def resolve_device(device):

@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from .params import real
+
 __all__ = ["VPSchedule", "linear", "cosine", "theory", "ou", "from_alphabar"]
 
 DEFAULT_MAX_ALPHABAR_T = 1e-3
@@ -174,6 +176,8 @@ def cosine(T, s=0.008, max_beta=0.999, **kw):
     """Nichol & Dhariwal's cosine schedule, ``alphabar(t) = f(t) / f(0)``, ``f(t) = cos^2((t/T + s)/(1 + s) pi/2)``;
     betas are clipped at ``max_beta``."""
     _check_T(T)
+    real("s", s, lo=0.0)
+    real("max_beta", max_beta, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     t = torch.arange(T + 1, dtype=torch.float64)
     logf = 2 * torch.log(torch.cos((t / T + s) / (1 + s) * math.pi / 2).clamp_min(1e-300))
     la = (logf[1:] - logf[:-1]).clamp(min=math.log1p(-max_beta))

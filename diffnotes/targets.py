@@ -81,10 +81,18 @@ def categorical_rows(w, generator=None):
     return (w / torch.log1p(q.neg_()).neg_()).argmax(-1)
 
 
-def _check_points(x, d, name="x"):
+def _check_points(x, d, like, name="x"):
+    """``x`` must be an ``(n, d)`` tensor of the dtype and on the device of the target's tensor ``like``."""
     if not torch.is_tensor(x) or x.ndim != 2 or x.shape[1] != d:
         shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise ValueError(f"{name} must be a tensor of shape (n, {d}), got {shape}")
+    if x.dtype != like.dtype or x.device != like.device:
+        raise ValueError(f"{name} must be {like.dtype} on {like.device} like the target, got {x.dtype} on {x.device}")
+
+
+def _check_finite(name, t):
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite (no NaN or inf entries)")
 
 
 class AffineScore:
@@ -131,6 +139,8 @@ class GaussianMixture:
             raise ValueError(f"weights must have shape ({K},), got {tuple(weights.shape)}")
         if covs.shape != (K, d, d):
             raise ValueError(f"covs must have shape ({K}, {d}, {d}), got {tuple(covs.shape)}")
+        for name, t in (("means", means), ("weights", weights), ("covs", covs)):
+            _check_finite(name, t)
         if (weights < 0).any() or not torch.isclose(weights.sum(), weights.new_tensor(1.0), atol=1e-10):
             raise ValueError("weights must be non-negative and sum to 1")
         if not torch.allclose(covs, covs.transpose(1, 2), atol=1e-10, rtol=1e-8):
@@ -141,6 +151,8 @@ class GaussianMixture:
         if (lam < -1e-10 * lam.abs().max().clamp_min(1)).any():
             raise ValueError("covs must be positive semi-definite")
         self.lam, self.U = lam.clamp_min(0.0), U
+        # a zero eigenvalue: at lab = 0 that component has no density (see _singular_terms)
+        self._singular = bool((self.lam == 0).any())
         self.log_weights = torch.log(weights)
         # (d, K d) stack of the eigenbases and the means in them: one matrix product per batch of points
         self._Ucat = U.permute(1, 0, 2).reshape(d, K * d)
@@ -169,7 +181,7 @@ class GaussianMixture:
         ``z (K, d, n)``, and the eigenvalues ``v (K, d)``.  The points run along the last (contiguous) axis, so
         that elementwise work and sums over components or coordinates are long vector loops; with the points
         first and a short last axis (K or d of a few), torch's CPU kernels run 5-20x slower per element."""
-        _check_points(x, self.d)
+        _check_points(x, self.d, self.means)
         sab, v = self._v(lab)
         z = (self._Ucat.T @ x.T).view(self.K, self.d, x.shape[0]) - (sab * self._mU)[:, :, None]
         return z, v
@@ -179,19 +191,58 @@ class GaussianMixture:
         const = self.log_weights - 0.5 * (torch.log(v).sum(-1) + self.d * LOG2PI)
         return const[:, None] - 0.5 * (z * zv).sum(1)
 
+    def _degenerate(self, v):
+        """True when a component has a zero variance at this noise level (only at ``lab = 0``, only for a singular
+        covariance): then :meth:`_singular_terms` replaces :meth:`_terms`."""
+        return self._singular and not bool((v > 0).all())
+
+    def _singular_terms(self, z, v):
+        """The limits of the regularised terms as the zero variances ``v -> 0``: a component is "off" at ``x`` when
+        ``x - m_k`` has a component along a null direction (term ``-inf``), else "on" with ``m_k`` null directions
+        (term ``+inf`` when ``m_k > 0``).  At each point the components on with the most null directions dominate
+        (their density grows like ``v^{-m_k / 2}``); the responsibilities are a softmax over those of the finite
+        parts (over the positive variances).  Returns ``(zv, terms (K, n), comp (K, n), inf (n,))``: ``zv = z / v``
+        with 0 along null directions (the pseudo-inverse), the dominant finite parts (``-inf`` elsewhere), each
+        component's own limit, and the points where the density is infinite."""
+        null = (v == 0)[:, :, None]
+        zv = torch.where(null, 0.0, z / v[:, :, None])
+        off = (null & (z != 0)).any(1)                                          # (K, n)
+        const = self.log_weights - 0.5 * (torch.log(torch.where(v > 0, v, 1.0)).sum(-1) + self.d * LOG2PI)
+        f = const[:, None] - 0.5 * (z * zv).sum(1)
+        m = null.sum(1).expand_as(off)                                          # (K, n) null directions
+        level = torch.where(off, -1, m)
+        top = level.amax(0)
+        terms = torch.where(level == top, f, -math.inf)
+        comp = torch.where(off, -math.inf, torch.where(m > 0, math.inf, f))
+        return zv, terms, comp, top > 0
+
     def _parts(self, x, lab):
         """``(z, zv = z / v, v, responsibilities (K, n))`` at ``x``."""
         z, v = self._z(x, lab)
+        if self._degenerate(v):
+            zv, terms, _, _ = self._singular_terms(z, v)
+            if bool((terms == -math.inf).all(0).any()):
+                raise ValueError("x: a point lies off the support of every (singular) component, where q_0 has "
+                                 "no density and its score is undefined")
+            return z, zv, v, torch.softmax(terms, 0)
         zv = z / v[:, :, None]
         return z, zv, v, torch.softmax(self._terms(z, zv, v), 0)
 
     def component_log_prob(self, x, lab=0.0):
-        """``log w_k + log N(x; sqrt(ab) m_k, ab Sigma_k + (1 - ab) I)``: ``(n, K)``."""
+        """``log w_k + log N(x; sqrt(ab) m_k, ab Sigma_k + (1 - ab) I)``: ``(n, K)``.  At ``lab = 0`` a component
+        with a singular covariance gives the limit: ``+inf`` on its support, ``-inf`` off it."""
         z, v = self._z(x, lab)
+        if self._degenerate(v):
+            return self._singular_terms(z, v)[2].T.contiguous()
         return self._terms(z, z / v[:, :, None], v).T.contiguous()
 
     def log_prob(self, x, lab=0.0):
+        """``log q_t(x)``: ``(n,)``.  At ``lab = 0`` with a singular component covariance, the limit of vanishing
+        variances: ``+inf`` on the support of a singular component, the other components' value off it."""
         z, v = self._z(x, lab)
+        if self._degenerate(v):
+            _, terms, _, inf = self._singular_terms(z, v)
+            return torch.logsumexp(terms, 0).masked_fill(inf, math.inf)
         return torch.logsumexp(self._terms(z, z / v[:, :, None], v), 0)
 
     def responsibilities(self, x, lab=0.0):
@@ -199,7 +250,8 @@ class GaussianMixture:
         return self._parts(x, lab)[3].T.contiguous()
 
     def score(self, x, lab=0.0):
-        """``grad_x log q_t(x) = -sum_k r_k(x) U_k diag(1 / v_k) U_k^T (x - mu_k)``: ``(n, d)``."""
+        """``grad_x log q_t(x) = -sum_k r_k(x) U_k diag(1 / v_k) U_k^T (x - mu_k)``: ``(n, d)``.  At ``lab = 0`` with
+        a singular component covariance: the limit of vanishing variances (``1 / v`` read as the pseudo-inverse)."""
         _, zv, _, r = self._parts(x, lab)
         return -((r[:, None, :] * zv).view(self.K * self.d, x.shape[0]).T @ self._Ucat.T)
 
@@ -215,6 +267,9 @@ class GaussianMixture:
         """:meth:`score_and_jacobian` with the points last: ``s (d, n)`` and the Hessian rows ``rows`` (all by
         default) ``(len(rows), d, n)``."""
         _, zv, v, r = self._parts(x, lab)
+        if self._degenerate(v):
+            raise ValueError("lab: the Hessian of log q_0 is unbounded for a singular component covariance; "
+                             "use lab < 0")
         g = -torch.bmm(self.U, zv)                                   # (K, d, n)
         rg = r[:, None, :] * g
         s = rg.sum(0)                                                # (d, n)
@@ -262,7 +317,10 @@ class GaussianMixture:
         a = torch.exp(0.5 * (lab_t - lab_s))
         r = -torch.expm1(lab_t - lab_s)
         means = torch.bmm(self.U, (a * v_s)[:, :, None] * zv) + (sab_s * self.means)[:, :, None]
-        covs = torch.einsum("kde,ke,kfe->kdf", self.U, v_s * r / v_t, self.U)
+        ratio = v_s * r / v_t
+        if self._degenerate(v_t):                                    # lab_t = lab_s = 0: r = 0, no move
+            ratio = torch.where(v_t > 0, ratio, 0.0)
+        covs = torch.einsum("kde,ke,kfe->kdf", self.U, ratio, self.U)
         return w, means, covs
 
     def posterior_x0_mixture(self, x, lab):
@@ -373,7 +431,9 @@ class Gaussian(GaussianMixture):
         mean = torch.as_tensor(mean, dtype=torch.float64)
         if mean.ndim != 1:
             raise ValueError(f"mean must be a (d,) vector, got shape {tuple(mean.shape)}")
+        _check_finite("mean", mean)
         cov = torch.as_tensor(cov, dtype=torch.float64, device=mean.device)
+        _check_finite("cov", cov)
         super().__init__(torch.ones(1, dtype=torch.float64, device=mean.device), mean[None], cov[None])
 
     @staticmethod
@@ -416,9 +476,12 @@ class DiagonalGaussian:
         if mean.ndim != 1 or var.shape != mean.shape:
             raise ValueError(f"mean and var must be (d,) vectors of equal shape, got {tuple(mean.shape)} and "
                              f"{tuple(var.shape)}")
+        _check_finite("mean", mean)
+        _check_finite("var", var)
         if (var < 0).any():
             raise ValueError("var must be non-negative")
         self.loc, self.var, self.d = mean, var, mean.numel()
+        self._singular = bool((var == 0).any())
 
     @property
     def device(self):
@@ -440,14 +503,22 @@ class DiagonalGaussian:
         return DiagonalGaussian(sab * self.loc, v)
 
     def log_prob(self, x, lab=0.0):
-        _check_points(x, self.d)
+        """``log q_t(x)``; at ``lab = 0`` with zero variances, the limit: ``+inf`` on the support, ``-inf`` off it."""
+        _check_points(x, self.d, self.loc)
         sab, v = self._v(lab)
+        if self._singular and not bool((v > 0).all()):
+            off = ((x != sab * self.loc) & (v == 0)).any(-1)
+            return torch.where(off, -math.inf, math.inf).to(x.dtype)
         return -0.5 * (((x - sab * self.loc) ** 2 / v).sum(-1) + torch.log(v).sum() + self.d * LOG2PI)
 
     def score(self, x, lab=0.0):
-        _check_points(x, self.d)
+        """``-(x - sqrt(ab) m) / v``; at ``lab = 0`` along a zero variance, the limit: 0 on the support, +-inf off it."""
+        _check_points(x, self.d, self.loc)
         sab, v = self._v(lab)
-        return -(x - sab * self.loc) / v
+        s = -(x - sab * self.loc) / v
+        if self._singular and not bool((v > 0).all()):
+            s = s.nan_to_num(nan=0.0, posinf=math.inf, neginf=-math.inf)
+        return s
 
     def score_jacobian(self, x, lab=0.0):
         _, v = self._v(lab)
