@@ -92,6 +92,9 @@ def law(sampler, score, init, schedule, *, stop=0, **options):
         m, C = init.loc, init.cov
     else:
         raise ValueError(f"init must be a Gaussian or DiagonalGaussian, got {type(init).__name__}")
+    b = score.coeffs(schedule.lab(schedule.T))[1]
+    if b.shape != m.shape:
+        raise ValueError(f"init has dimension {m.numel()} but the score's offset b has shape {tuple(b.shape)}")
     sch = schedule.to(m.device) if schedule.device != m.device else schedule
     for t in range(sch.T, stop, -1):
         M, c, q_pre, q_post = step_maps(sampler, score, sch, t, **options)

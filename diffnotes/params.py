@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
-__all__ = ["check", "real", "resolve_device", "generator"]
+__all__ = ["check", "real", "integer", "tensor", "resolve_device", "generator"]
 
 
 def check(name, value, kind, *, lo=None, hi=None, choices=None, each=False):
@@ -52,6 +53,41 @@ def real(name, value, *, lo=None, hi=None, lo_open=False, hi_open=False):
     return v
 
 
+def integer(name, value, *, lo=None, hi=None):
+    """``value`` as a Python int if it is an integer (an ``int``, a NumPy integer or a 0-d integer tensor; never a
+    ``bool``) within ``[lo, hi]``, else a ``ValueError`` naming ``name``."""
+    if torch.is_tensor(value) and value.ndim == 0 and not value.dtype.is_floating_point and value.dtype != torch.bool \
+            and not value.dtype.is_complex:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return v
+
+
+def tensor(name, value, *, dtype=torch.float64, device=None, ndim=None, finite=True):
+    """``value`` (a tensor, an array or nested lists of real numbers) as a real tensor of ``dtype`` on ``device``,
+    else a ``ValueError`` naming ``name``: not a real array (strings, ``None``), a boolean or complex tensor, the
+    wrong number of dimensions, or (with ``finite``) a NaN or infinite entry."""
+    if torch.is_tensor(value) and (value.dtype == torch.bool or value.dtype.is_complex):
+        raise ValueError(f"{name} must hold real numbers, got a {value.dtype} tensor")
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ValueError(f"{name} must be an array of real numbers, got {value!r}")
+    try:
+        t = torch.as_tensor(value, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name} must be an array of real numbers, got {type(value).__name__}") from e
+    if isinstance(value, np.ndarray) and value.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must hold real numbers, got a {value.dtype} array")
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
+    if finite and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite (no NaN or inf entries)")
+    return t
+
+
 def resolve_device(device):
     """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` (CUDA when present) or a ``torch.device``."""
     if device == "auto":
@@ -69,5 +105,5 @@ def resolve_device(device):
 
 def generator(seed, device="cpu"):
     """A ``torch.Generator`` on ``device`` seeded with ``seed``."""
-    check("seed", seed, int, lo=0)
+    check("seed", seed, int, lo=0, hi=2 ** 64 - 1)
     return torch.Generator(device=resolve_device(device)).manual_seed(seed)

@@ -106,6 +106,10 @@ def _setup(x, schedule, stop, generator=None):
     check_schedule_stop(schedule, stop)
     if not torch.is_tensor(x) or x.ndim != 2:
         raise ValueError(f"x must be a (n, d) tensor, got {tuple(x.shape) if torch.is_tensor(x) else type(x)}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    if not math.isfinite(x.detach().sum()) and not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite (no NaN or inf entries)")
     if generator is not None and torch.device(generator.device).type != x.device.type:
         raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
     if schedule.device != x.device:
@@ -164,7 +168,7 @@ def _check_finite(x, t, name):
     # One reduction: the sum is finite iff every entry is (NaN and +-inf propagate through it), unless finite entries
     # overflow it; the exact elementwise test then decides.  (isfinite(x).all() alone writes and rereads a boolean
     # tensor the size of x: 14-20 ms at 2e6 entries.)
-    if not math.isfinite(x.sum()) and not torch.isfinite(x).all():
+    if not math.isfinite(x.detach().sum()) and not torch.isfinite(x).all():
         raise FloatingPointError(f"{name}: non-finite values at step t = {t}")
 
 

@@ -12,19 +12,26 @@ Shapes: points ``x`` are ``(n, d)``; weights ``(K,)``, means ``(K, d)``, covaria
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
+
+from .params import integer, real, tensor
 
 __all__ = ["GaussianMixture", "Gaussian", "DiagonalGaussian", "AffineScore", "noise_level"]
 
 LOG2PI = math.log(2 * math.pi)
 
 
-def noise_level(lab, like):
+def noise_level(lab, like, *, name="lab"):
     """``(sqrt(alphabar), 1 - alphabar)`` for ``lab = log alphabar``, computed stably, as 0-d tensors like ``like``."""
+    if isinstance(lab, bool) or not (isinstance(lab, numbers.Real) or torch.is_tensor(lab)):
+        raise ValueError(f"{name} (log alphabar) must be a finite scalar <= 0, got {lab!r}")
+    if torch.is_tensor(lab) and not lab.dtype.is_floating_point:
+        raise ValueError(f"{name} (log alphabar) must be a finite scalar <= 0, got a {lab.dtype} tensor")
     lab = torch.as_tensor(lab, dtype=like.dtype, device=like.device)
     if lab.ndim != 0 or not torch.isfinite(lab) or lab > 0:
-        raise ValueError(f"lab (log alphabar) must be a finite scalar <= 0, got {lab}")
+        raise ValueError(f"{name} (log alphabar) must be a finite scalar <= 0, got {lab}")
     return torch.exp(0.5 * lab), -torch.expm1(lab)
 
 
@@ -88,11 +95,11 @@ def _check_points(x, d, like, name="x"):
         raise ValueError(f"{name} must be a tensor of shape (n, {d}), got {shape}")
     if x.dtype != like.dtype or x.device != like.device:
         raise ValueError(f"{name} must be {like.dtype} on {like.device} like the target, got {x.dtype} on {x.device}")
-
-
-def _check_finite(name, t):
-    if not bool(torch.isfinite(t).all()):
+    # one reduction (the sum is finite iff every entry is, unless finite entries overflow it: then the exact test)
+    if not math.isfinite(x.detach().sum()) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} must be finite (no NaN or inf entries)")
+
+
 
 
 class AffineScore:
@@ -102,6 +109,8 @@ class AffineScore:
     laws of :mod:`diffnotes.laws` need this form; samplers just call it like any score."""
 
     def __init__(self, coeffs):
+        if not callable(coeffs):
+            raise ValueError(f"coeffs must be a callable lab -> (A, b), got {type(coeffs).__name__}")
         self.coeffs = coeffs
 
     def __call__(self, x, lab):
@@ -129,18 +138,16 @@ class GaussianMixture:
     """``sum_k w_k N(m_k, Sigma_k)`` in ``R^d`` (float64), with everything exact at every noise level."""
 
     def __init__(self, weights, means, covs):
-        means = torch.as_tensor(means, dtype=torch.float64)
+        means = tensor("means", means)
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, d), got {tuple(means.shape)}")
         K, d = means.shape
-        weights = torch.as_tensor(weights, dtype=torch.float64, device=means.device)
-        covs = torch.as_tensor(covs, dtype=torch.float64, device=means.device)
+        weights = tensor("weights", weights, device=means.device)
+        covs = tensor("covs", covs, device=means.device)
         if weights.shape != (K,):
             raise ValueError(f"weights must have shape ({K},), got {tuple(weights.shape)}")
         if covs.shape != (K, d, d):
             raise ValueError(f"covs must have shape ({K}, {d}, {d}), got {tuple(covs.shape)}")
-        for name, t in (("means", means), ("weights", weights), ("covs", covs)):
-            _check_finite(name, t)
         if (weights < 0).any() or not torch.isclose(weights.sum(), weights.new_tensor(1.0), atol=1e-10):
             raise ValueError("weights must be non-negative and sum to 1")
         if not torch.allclose(covs, covs.transpose(1, 2), atol=1e-10, rtol=1e-8):
@@ -308,6 +315,8 @@ class GaussianMixture:
 
     def _reverse_kernel_cols(self, x, lab_t, lab_s):
         """:meth:`reverse_kernel` with the points last: ``(weights (K, n), means (K, d, n), covs (K, d, d))``."""
+        noise_level(lab_t, self.means, name="lab_t")
+        noise_level(lab_s, self.means, name="lab_s")
         lab_t = torch.as_tensor(lab_t, dtype=torch.float64)
         lab_s = torch.as_tensor(lab_s, dtype=torch.float64)
         if not lab_s >= lab_t:
@@ -338,11 +347,16 @@ class GaussianMixture:
     def condition(self, idx_y, y):
         """For ``Z = [X, Y]`` with ``Y = Z[idx_y]`` observed equal to ``y`` (a ``(p,)`` vector): the exact law of
         ``X = Z[idx_x]`` given ``Y = y`` (a Gaussian mixture in the remaining coordinates, in their order)."""
-        idx_y = torch.as_tensor(idx_y, dtype=torch.long, device=self.device).reshape(-1)
+        iy = tensor("idx_y", idx_y).reshape(-1)
+        if iy.numel() < 1 or iy.numel() >= self.d or not bool((iy == iy.round()).all()) or \
+                not bool(((iy >= 0) & (iy < self.d)).all()) or iy.unique().numel() != iy.numel():
+            raise ValueError(f"idx_y must be distinct coordinates in [0, {self.d}), at least one and not all, "
+                             f"got {idx_y!r}")
+        idx_y = iy.long().to(self.device)
         mask = torch.ones(self.d, dtype=torch.bool, device=self.device)
         mask[idx_y] = False
         idx_x = torch.arange(self.d, device=self.device)[mask]
-        y = torch.as_tensor(y, dtype=torch.float64, device=self.device).reshape(-1)
+        y = tensor("y", y, device=self.device).reshape(-1)
         if y.numel() != idx_y.numel():
             raise ValueError(f"y must have {idx_y.numel()} entries (one per index in idx_y), got {y.numel()}")
         Sxx = self.covs[:, idx_x][:, :, idx_x]
@@ -355,14 +369,13 @@ class GaussianMixture:
 
         Per component: ``S_k = H Sigma_k H^T + sigma_y^2 I``, mean ``m_k + Sigma_k H^T S_k^{-1} (y - H m_k)``,
         covariance ``Sigma_k - Sigma_k H^T S_k^{-1} H Sigma_k``, weight ``~ w_k N(y; H m_k, S_k)``."""
-        H = torch.as_tensor(H, dtype=torch.float64, device=self.device)
+        H = tensor("H", H, device=self.device)
         if H.ndim != 2 or H.shape[1] != self.d:
             raise ValueError(f"H must have shape (p, {self.d}), got {tuple(H.shape)}")
-        y = torch.as_tensor(y, dtype=torch.float64, device=self.device).reshape(-1)
+        y = tensor("y", y, device=self.device).reshape(-1)
         if y.numel() != H.shape[0]:
             raise ValueError(f"y must have {H.shape[0]} entries (rows of H), got {y.numel()}")
-        if not sigma_y >= 0:
-            raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
+        real("sigma_y", sigma_y, lo=0.0)
         Sxy = self.covs @ H.T                                  # Cov(x0, y | k)
         Syy = H @ self.covs @ H.T + sigma_y ** 2 * torch.eye(H.shape[0], dtype=torch.float64, device=self.device)
         return _gaussian_condition(self, self.covs, Sxy, Syy, self.means, self.means @ H.T, y)
@@ -381,7 +394,10 @@ class GaussianMixture:
 
 def _gaussian_condition(mix, Sxx, Sxy, Syy, mx, my, y):
     """Condition each component's joint Gaussian of (X, Y) on Y = y; reweight components by N(y; my_k, Syy_k)."""
-    L = torch.linalg.cholesky(Syy)
+    L, info = torch.linalg.cholesky_ex(Syy)
+    if bool(info.any()):
+        raise ValueError("y: the observed coordinates have a singular covariance in some component (e.g. sigma_y = 0 "
+                         "with H Sigma_k H^T singular); condition on an independent set or use sigma_y > 0")
     r = (y - my)[..., None]
     alpha = torch.cholesky_solve(r, L)                         # Syy^{-1} (y - my)
     means = mx + (Sxy @ alpha)[..., 0]
@@ -428,12 +444,12 @@ class Gaussian(GaussianMixture):
     """``N(mean, cov)``: a one-component mixture with its exact score as an :class:`AffineScore`."""
 
     def __init__(self, mean, cov):
-        mean = torch.as_tensor(mean, dtype=torch.float64)
+        mean = tensor("mean", mean)
         if mean.ndim != 1:
             raise ValueError(f"mean must be a (d,) vector, got shape {tuple(mean.shape)}")
-        _check_finite("mean", mean)
-        cov = torch.as_tensor(cov, dtype=torch.float64, device=mean.device)
-        _check_finite("cov", cov)
+        cov = tensor("cov", cov, device=mean.device)
+        if cov.shape != (mean.numel(), mean.numel()):
+            raise ValueError(f"cov must have shape ({mean.numel()}, {mean.numel()}), got {tuple(cov.shape)}")
         super().__init__(torch.ones(1, dtype=torch.float64, device=mean.device), mean[None], cov[None])
 
     @staticmethod
@@ -471,13 +487,11 @@ class DiagonalGaussian:
     """``N(mean, diag(var))``: the fast path for large ``d`` (everything elementwise)."""
 
     def __init__(self, mean, var):
-        mean = torch.as_tensor(mean, dtype=torch.float64)
-        var = torch.as_tensor(var, dtype=torch.float64, device=mean.device)
+        mean = tensor("mean", mean)
+        var = tensor("var", var, device=mean.device)
         if mean.ndim != 1 or var.shape != mean.shape:
             raise ValueError(f"mean and var must be (d,) vectors of equal shape, got {tuple(mean.shape)} and "
                              f"{tuple(var.shape)}")
-        _check_finite("mean", mean)
-        _check_finite("var", var)
         if (var < 0).any():
             raise ValueError("var must be non-negative")
         self.loc, self.var, self.d = mean, var, mean.numel()
@@ -521,6 +535,7 @@ class DiagonalGaussian:
         return s
 
     def score_jacobian(self, x, lab=0.0):
+        _check_points(x, self.d, self.loc)
         _, v = self._v(lab)
         return torch.diag(-1.0 / v).expand(x.shape[0], self.d, self.d)
 
@@ -532,11 +547,16 @@ class DiagonalGaussian:
 
     def posterior_x0(self, x, lab):
         """Mean ``(n, d)`` and (shared) diagonal variance ``(d,)`` of ``q(x_0 | x_t = x)``."""
+        _check_points(x, self.d, self.loc)
         sab, v = self._v(lab)
         mean = self.loc + self.var * sab * (x - sab * self.loc) / v
-        return mean, self.var * (1 - sab ** 2) / v
+        var = self.var * (1 - sab ** 2) / v
+        if self._singular and not bool((v > 0).all()):     # lab = 0 along a zero variance: x_0 = m there
+            mean, var = torch.where(v > 0, mean, self.loc), torch.where(v > 0, var, 0.0)
+        return mean, var
 
     def sample(self, n, lab=0.0, *, generator=None):
+        integer("n", n, lo=0)
         sab, v = self._v(lab)
         eps = torch.randn(n, self.d, dtype=torch.float64, device=self.device, generator=generator)
         return sab * self.loc + v.sqrt() * eps
