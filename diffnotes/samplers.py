@@ -13,8 +13,10 @@ Shared signature::
 
 The updates are written as in the documents, with 002's notation ``alpha_t = 1 - beta_t``, and computed as the same
 linear combinations of ``x``, the scores and the noise, with their coefficients precomputed per schedule
-(:func:`_table`, for the steps a call runs only) and each combination done in one or two passes (``torch.add(a, b, alpha=c)``): equal to the
-documents' formulas to rounding (``tests/test_bench.py``).
+(:func:`_table`, for the steps a call runs only) and each combination done in one or two passes
+(``torch.add(a, b, alpha=c)``): equal to the documents' formulas to rounding (``tests/test_bench.py``).  The score's
+first output is checked (shape, dtype and device those of ``x``); the options are checked by :func:`check_options`'s
+checks, which :func:`diffnotes.laws.law` shares.
 """
 from __future__ import annotations
 
@@ -148,7 +150,7 @@ def _table(sch, key, lo, make):
     """A sampler's per-step coefficients on one schedule for the steps ``t >= lo`` that a call runs: ``make(lo)``
     computes the coefficient vectors on the whole schedule (float64 tensors, 8 bytes a step, freed after; computed
     whole so that every entry is the same number whatever ``lo``) and converts only the entries ``t >= lo`` into
-    Python objects (about 0.5 kB a step).  Tables are kept on the schedule (schedules are not modified after
+    Python objects (about 0.75 KiB a step).  Tables are kept on the schedule (schedules are not modified after
     construction; ``to(device)`` and ``subsample`` make new ones) up to :data:`TABLE_BUDGET` entries in all, the
     oldest dropped first, so that a repeated short call skips the O(T) set-up (at batch 1e2 and 10 steps it was
     90-150 us of a 500 us call), while a long run's table, whose set-up is a small part of the run, is not kept."""

@@ -526,7 +526,8 @@ class DiagonalGaussian:
         return -0.5 * (((x - sab * self.loc) ** 2 / v).sum(-1) + torch.log(v).sum() + self.d * LOG2PI)
 
     def score(self, x, lab=0.0):
-        """``-(x - sqrt(ab) m) / v``; at ``lab = 0`` along a zero variance, the limit: 0 on the support, +-inf off it."""
+        """``-(x - sqrt(ab) m) / v``; at ``lab = 0`` along a zero variance, the limit: 0 on the support, +-inf
+        off it."""
         _check_points(x, self.d, self.loc)
         sab, v = self._v(lab)
         s = -(x - sab * self.loc) / v

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from diffnotes import laws, samplers as S, schedules, targets
+from diffnotes import laws, metrics, samplers as S, schedules, targets
 
 F64 = torch.float64
 CASES = [(S.ddpm, {"variance": "beta"}), (S.ddpm, {"variance": "beta_tilde"}),
@@ -128,3 +128,185 @@ def test_law_mixed_diagonal_score_and_full_init():
         torch.testing.assert_close(a.loc, b.loc)
         torch.testing.assert_close(a.cov, b.cov)
         assert math.isfinite(float(a.cov.sum()))
+
+
+# ---- survivors of the sampled mutation run (book/contributing.md): the tests that kill them ------------------------
+def test_schedule_names_and_extra_step():
+    assert schedules.ou(0.01, 5.0, name="ou5").name == "ou5"
+    assert schedules.theory(100, name="th").name == "th"
+    # without a flat phase (c1 < c0) beta_{T+1} follows the formula, not beta_T
+    T, c0, c1 = 100, 4.0, 2.0
+    sch = schedules.theory(T, c0, c1, max_alphabar_T=None)
+    h = c1 * math.log(T) / T
+    want = h * math.exp(min(-c0 * math.log(T) + (T + 1) * math.log1p(h), 0.0))
+    assert float(sch.beta[T + 1]) == pytest.approx(want, rel=1e-12)
+    assert float(sch.beta[T + 1]) != pytest.approx(float(sch.beta[T]), rel=1e-6)
+
+
+def test_lab_accepts_numpy_and_tensor_integers():
+    import numpy as np
+    sch = schedules.linear(50)
+    assert sch.lab(np.int64(0)) == 0 and sch.lab(torch.tensor(0)) == 0
+    assert sch.lab(np.int64(51)) == sch.log_alphabar[51]
+
+
+@pytest.mark.parametrize("sampler", [S.ddpm, S.ddim, S.flow_ode, S.accel_ode, S.accel_sde, S.multistep_ode],
+                         ids=lambda f: f.__name__)
+def test_errors_name_the_sampler(sampler):
+    sch = schedules.linear(50)
+    x = torch.zeros(3, 2, dtype=F64)
+    with pytest.raises(FloatingPointError, match=rf"^{sampler.__name__}: non-finite values at step t = "):
+        state = {"n": 0}
+
+        def score(y, lab):
+            state["n"] += 1
+            return -y if state["n"] <= 2 else torch.full_like(y, math.nan)
+        sampler(score, x, sch, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=rf"^{sampler.__name__}: score must return"):
+        sampler(lambda y, lab: y[:, :1], x, sch, generator=torch.Generator().manual_seed(0))
+
+
+def test_progress_bars_are_labelled(capsys):
+    sch = schedules.linear(50)
+    x = torch.zeros(2, 2, dtype=F64)
+    for sampler, desc in [(S.ddpm, "DDPM"), (S.ddim, "DDIM"), (S.flow_ode, "flow ODE"), (S.accel_ode, "accelerated ODE"),
+                          (S.accel_sde, "accelerated SDE"), (S.multistep_ode, "multistep ODE")]:
+        sampler(lambda y, lab: -y, x, sch, progress=True, generator=torch.Generator().manual_seed(0))
+        assert desc in capsys.readouterr().err, desc
+
+
+def test_multistep_ode_against_its_formula():
+    """Scheme 2 step by step: the flow-ODE step first, then the multistep correction with f = sqrt(alpha_{t+1})
+    (alpha_factor) or 1."""
+    sch = schedules.linear(40)
+    g = targets.Gaussian(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([[1.5, 0.4], [0.4, 0.6]], dtype=F64))
+    x0 = torch.tensor([[0.3, -1.2], [2.0, 0.1]], dtype=F64)
+    stop = 30
+    for alpha_factor in (True, False):
+        x, s_prev = x0.clone(), None
+        beta, alpha = sch.beta, sch.alpha
+        for t in range(sch.T, stop, -1):
+            s = g.score(x, sch.lab(t))
+            if s_prev is None:
+                x = (x + 0.5 * beta[t] * s) / alpha[t].sqrt()
+            else:
+                f = alpha[t + 1].sqrt() if alpha_factor else 1.0
+                k = beta[t] ** 2 / (4 * beta[t + 1])
+                x = (x + 0.5 * beta[t] * s + k * (s - f * s_prev)) / alpha[t].sqrt()
+            s_prev = s
+        out = S.multistep_ode(g.score, x0, sch, stop=stop, alpha_factor=alpha_factor).x
+        torch.testing.assert_close(out, x, rtol=1e-12, atol=1e-12)
+
+
+def test_law_when_the_score_changes_kind():
+    """accel_ode reads the score at t and t + 1: a diagonal A at one level and a full one at the next."""
+    g = targets.Gaussian(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([[1.5, 0.0], [0.0, 0.6]], dtype=F64))
+    full = g.affine_score()
+    sch = schedules.linear(30)
+    cut = float(sch.lab(20))
+
+    def coeffs(lab):
+        A, b = full.coeffs(lab)
+        return (torch.diagonal(A).clone(), b) if float(lab) > cut else (A, b)
+    mixed = targets.AffineScore(coeffs)
+    init = targets.Gaussian(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64))
+    a = laws.law(S.accel_ode, mixed, init, sch, stop=1)
+    b = laws.law(S.accel_ode, full, init, sch, stop=1)
+    torch.testing.assert_close(a.loc, b.loc)
+    torch.testing.assert_close(a.cov, b.cov)
+
+
+def test_fit_slope_keeps_its_level_and_log_factor_message():
+    fit = metrics.fit_slope([2.0, 4.0, 8.0, 16.0], [1.0, 0.5, 0.26, 0.12], level=0.9, log_power=1.0)
+    assert fit.level == 0.9 and fit.log_power == 1.0
+    assert "90% CI" in str(fit)
+    with pytest.raises(ValueError, match="exceed 1"):
+        metrics.fit_slope([1.0, 4.0, 8.0], [1.0, 0.5, 0.26], log_power=1.0)
+
+
+def test_kl_knn_defaults_and_its_minimum_sample():
+    g = targets.Gaussian(torch.zeros(2, dtype=F64), torch.tensor([[4.0, 1.9], [1.9, 1.0]], dtype=F64))
+    x = g.sample(400, generator=torch.Generator().manual_seed(0))
+    a, b = metrics.kl_knn(x, g.log_prob), metrics.kl_knn(x, g.log_prob, whiten=True)
+    assert torch.equal(a[0], b[0])
+    with pytest.raises(ValueError, match="at least 80 points"):
+        metrics.kl_knn(x[:50], g.log_prob)           # 2 n_batches (k + 1) = 80 with the defaults
+
+
+def test_kl_mc_wants_one_dimensional_samples():
+    with pytest.raises(ValueError, match="logp_x must be a 1-D"):
+        metrics.kl_mc(torch.zeros(2, 2, dtype=F64), torch.zeros(2, 2, dtype=F64))
+
+
+def test_kl_grid_where_p_vanishes():
+    """Points where p = 0 (log p = -inf) add nothing, whatever q is there."""
+    pts, cell = metrics.grid(-8.0, 8.0, 161, 1)
+    g, h = targets.Gaussian(torch.zeros(1, dtype=F64), torch.eye(1, dtype=F64)), \
+        targets.Gaussian(torch.full((1,), 0.5, dtype=F64), torch.eye(1, dtype=F64))
+    logp, logq = g.log_prob(pts), h.log_prob(pts)
+    cut = logp.clone()
+    cut[:20] = -math.inf                         # p set to 0 on the left tail (mass ~1e-10 there)
+    kl = metrics.kl_grid(cut, logq, cell)
+    assert math.isfinite(float(kl))
+    assert float(kl) == pytest.approx(float(metrics.kl_grid(logp, logq, cell)), abs=1e-8)
+    assert float(kl) == pytest.approx(0.125, abs=1e-6)
+
+
+def test_diagonal_posterior_equals_the_full_one():
+    dg = targets.DiagonalGaussian(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([1.5, 0.3], dtype=F64))
+    fg = targets.Gaussian(dg.loc, dg.cov)
+    x = torch.tensor([[0.3, -1.2], [2.0, 0.1]], dtype=F64)
+    for lab in (-0.05, -0.7, -3.0):
+        m, v = dg.posterior_x0(x, lab)
+        M, C = fg.posterior_x0(x, lab)
+        torch.testing.assert_close(m, M)
+        torch.testing.assert_close(torch.diag(v), C[0])
+
+
+def test_mixture_to_device_keeps_the_law():
+    mix = targets.GaussianMixture([0.3, 0.7], [[0.0, 1.0], [2.0, -1.0]], [[[1.0, 0.2], [0.2, 0.5]],
+                                                                        [[0.7, 0.0], [0.0, 1.3]]])
+    for m in (mix, targets.Gaussian([0.5, 0.0], [[1.0, 0.3], [0.3, 2.0]])):
+        moved = m.to("cpu")
+        assert type(moved) is type(m)
+        for a, b in ((moved.weights, m.weights), (moved.means, m.means), (moved.covs, m.covs)):
+            assert torch.equal(a, b)
+
+
+def test_schedule_checks_name_their_argument():
+    la = -0.1 * torch.ones(100, dtype=F64)
+    with pytest.raises(ValueError, match="max_alphabar_T"):
+        schedules.VPSchedule(la, max_alphabar_T=1.5)
+    with pytest.raises(ValueError, match="log_alpha_next"):
+        schedules.VPSchedule(la, log_alpha_next=0.1)
+    with pytest.raises(ValueError, match="beta_next"):
+        schedules.from_betas(0.1 * torch.ones(100, dtype=F64), beta_next=1.5)
+    with pytest.raises(ValueError, match="too small"):
+        schedules.linear(20)                     # beta_end * 1000 / T = 1 exactly
+    assert schedules.linear(100).name == "linear(T=100)"
+    assert schedules.linear(100, name="L").name == "L"
+
+
+def test_kde_and_kl_kde_edges():
+    data = torch.randn(40, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    assert metrics.kde_logpdf(data, data[:1]).shape == (1,)        # one point is enough
+    lp = torch.zeros(3, dtype=F64)
+    lp[1] = -math.inf
+    with pytest.raises(ValueError, match="logp_y must be finite"):
+        metrics.kl_kde(data[:3], lp, data)
+
+
+def test_noise_level_refuses_integer_and_bool_tensors():
+    like = torch.zeros((), dtype=F64)
+    for bad in (torch.tensor(False), torch.tensor(0), torch.tensor(-1)):
+        with pytest.raises(ValueError, match="lab"):
+            targets.noise_level(bad, like)
+    sab, omab = targets.noise_level(torch.tensor(-1.0, dtype=F64), like)
+    assert float(omab) == pytest.approx(1 - math.exp(-1.0))
+
+
+def test_mixture_symmetrises_its_covariances():
+    c = torch.tensor([[[1.0, 0.2], [0.2 + 1e-11, 0.5]]], dtype=F64)     # asymmetric within the tolerance
+    mix = targets.GaussianMixture([1.0], [[0.0, 0.0]], c)
+    assert torch.equal(mix.covs, mix.covs.transpose(1, 2))
+    assert float(mix.covs[0, 0, 1]) == pytest.approx(0.2 + 0.5e-11, abs=1e-15)
