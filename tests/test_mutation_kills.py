@@ -310,3 +310,127 @@ def test_mixture_symmetrises_its_covariances():
     mix = targets.GaussianMixture([1.0], [[0.0, 0.0]], c)
     assert torch.equal(mix.covs, mix.covs.transpose(1, 2))
     assert float(mix.covs[0, 0, 1]) == pytest.approx(0.2 + 0.5e-11, abs=1e-15)
+
+
+# ---- survivors of the second sample (seed 1818) --------------------------------------------------------------------
+def test_schedule_constructors_refuse_by_name():
+    assert schedules.theory(100).name == "theory(T=100, c0=2.0, c1=4.0)"
+    sch = schedules.linear(100)
+    with pytest.raises(ValueError, match="steps"):
+        sch.subsample([0, 1, 105])                         # beyond T, though the second step is fine
+    with pytest.raises(ValueError, match="^beta_start"):
+        schedules.linear(100, beta_start=1.0)
+    with pytest.raises(ValueError, match="^s must"):
+        schedules.cosine(100, s=-0.5)
+    with pytest.raises(ValueError, match="^betas"):
+        schedules.from_betas([0.5, 1.0])
+    with pytest.raises(ValueError, match="^alphabar"):
+        schedules.from_alphabar([0.9, 0.9, 0.1])
+    # a whole number of steps up to a relative 1e-9 (here 1.3e-8 absolute at t_end = 27150.3)
+    assert schedules.ou(0.1, 27150.30000001264).T == 271503
+
+
+def test_sampler_defaults_and_trajectories(capsys):
+    sch = schedules.linear(50)
+    x = torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    for sampler in (S.ddpm, S.ddim, S.flow_ode, S.accel_ode, S.accel_sde, S.multistep_ode):
+        out = sampler(lambda y, lab: -y, x, sch, stop=45, generator=torch.Generator().manual_seed(1))
+        assert out.trajectory is None                      # no trajectory kept by default
+        assert capsys.readouterr().err == ""               # no progress bar by default
+        out = sampler(lambda y, lab: -y, x, sch, stop=45, generator=torch.Generator().manual_seed(1), trajectory=True)
+        assert len(out.trajectory) == 6 and torch.equal(out.trajectory[0], x)
+        assert all(torch.is_tensor(y) and y.shape == x.shape for y in out.trajectory)
+        assert torch.equal(out.trajectory[-1], out.x)
+
+
+def test_deterministic_ddim_draws_nothing():
+    sch = schedules.linear(50)
+    g = torch.Generator().manual_seed(7)
+    state = g.get_state()
+    S.ddim(lambda y, lab: -y, torch.ones(2, 2, dtype=F64), sch, eta=0.0, generator=g)
+    assert torch.equal(g.get_state(), state)
+
+
+def test_check_options_lists_the_options():
+    with pytest.raises(ValueError, match=r"its options: \['variance'\]"):
+        S.check_options(S.ddpm, {"eta": 0.5})
+    with pytest.raises(ValueError, match="its options: none"):
+        S.check_options(S.flow_ode, {"eta": 0.5})
+
+
+def test_tables_of_several_samplers_are_kept_together():
+    sch = schedules.linear(50)
+    x = torch.zeros(1, 2, dtype=F64)
+    S.flow_ode(lambda y, lab: -y, x, sch)
+    S.ddim(lambda y, lab: -y, x, sch)
+    assert len(sch._sampler_tables) == 2
+
+
+def test_law_of_ddim_defaults_to_eta_zero():
+    g = targets.Gaussian(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([[1.5, 0.4], [0.4, 0.6]], dtype=F64))
+    init = targets.Gaussian(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64))
+    sch = schedules.linear(30)
+    a, b = laws.law(S.ddim, g.affine_score(), init, sch), laws.law(S.ddim, g.affine_score(), init, sch, eta=0.0)
+    assert torch.equal(a.loc, b.loc) and torch.equal(a.cov, b.cov)
+
+
+def test_diagonal_hellinger_equals_the_full_one_and_the_1d_formula():
+    p = targets.DiagonalGaussian(torch.tensor([0.3, -1.0], dtype=F64), torch.tensor([0.5, 2.0], dtype=F64))
+    q = targets.DiagonalGaussian(torch.tensor([-0.2, 0.4], dtype=F64), torch.tensor([1.5, 0.7], dtype=F64))
+    h = metrics.hellinger_gaussian(p, q)
+    torch.testing.assert_close(h, metrics.hellinger_gaussian(targets.Gaussian(p.loc, p.cov), targets.Gaussian(q.loc, q.cov)))
+    bc = 1.0
+    for m1, v1, m2, v2 in zip(p.loc.tolist(), p.var.tolist(), q.loc.tolist(), q.var.tolist()):
+        bc *= math.sqrt(2 * math.sqrt(v1 * v2) / (v1 + v2)) * math.exp(-0.25 * (m1 - m2) ** 2 / (v1 + v2))
+    assert float(h) == pytest.approx(math.sqrt(1 - bc), rel=1e-12)
+
+
+def test_kl_mc_with_two_samples_and_kl_knn_batches():
+    est, se = metrics.kl_mc(torch.tensor([0.0, 1.0], dtype=F64), torch.tensor([-1.0, 0.0], dtype=F64))
+    assert float(est) == 1.0 and float(se) == 0.0
+    g = targets.Gaussian(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64))
+    x = g.sample(240, generator=torch.Generator().manual_seed(2))
+    full, se, shift = metrics.kl_knn(x, g.log_prob, k=3, n_batches=4)
+    b = torch.stack([-metrics.knn_entropy(z, k=3) - g.log_prob(z).mean() for z in x.chunk(4)])
+    torch.testing.assert_close(se, b.std() / 2)
+    torch.testing.assert_close(shift, b.mean() - full)
+
+
+def test_sampling_draws_follow_their_formula():
+    """The draws themselves (same generator, same order): x = sqrt(ab) m_k + U_k diag(sqrt(v_k)) eps."""
+    mix = targets.GaussianMixture([0.3, 0.7], [[0.0, 1.0], [2.0, -1.0]], [[[1.0, 0.2], [0.2, 0.5]],
+                                                                        [[0.7, 0.0], [0.0, 1.3]]])
+    lab = -0.4
+    g = torch.Generator().manual_seed(5)
+    x = mix.sample(6, lab, generator=g)
+    g = torch.Generator().manual_seed(5)
+    k = torch.multinomial(mix.weights, 6, replacement=True, generator=g)
+    eps = torch.randn(6, 2, dtype=F64, generator=g)
+    sab = math.exp(0.5 * lab)
+    for i in range(6):
+        C = sab ** 2 * mix.covs[k[i]] + (1 - sab ** 2) * torch.eye(2, dtype=F64)
+        lam, U = torch.linalg.eigh(C)
+        torch.testing.assert_close(x[i], sab * mix.means[k[i]] + U @ (lam.sqrt() * eps[i]))
+
+
+def test_sample_mixture_cols_under_a_float32_default():
+    w = torch.tensor([[0.3, 0.7]], dtype=F64).T.expand(2, 3).contiguous()
+    means = torch.zeros(2, 2, 3, dtype=F64)
+    covs = torch.eye(2, dtype=F64).expand(2, 2, 2).contiguous()
+    a = targets.sample_mixture_cols(w, means, covs, generator=torch.Generator().manual_seed(0))
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        b = targets.sample_mixture_cols(w, means, covs, generator=torch.Generator().manual_seed(0))
+    finally:
+        torch.set_default_dtype(old)
+    assert b.dtype == F64 and torch.equal(a, b)
+
+
+def test_affine_scores_add_in_every_kind():
+    dg = targets.DiagonalGaussian(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([1.5, 0.3], dtype=F64))
+    fg = targets.Gaussian(torch.tensor([0.2, 0.1], dtype=F64), torch.tensor([[1.0, 0.3], [0.3, 0.7]], dtype=F64))
+    x = torch.tensor([[0.3, -1.2], [2.0, 0.1]], dtype=F64)
+    for a, b in ((dg, dg), (dg, fg), (fg, dg), (fg, fg)):
+        s = a.affine_score() + b.affine_score()
+        torch.testing.assert_close(s(x, -0.3), a.score(x, -0.3) + b.score(x, -0.3))
