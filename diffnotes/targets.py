@@ -219,7 +219,7 @@ class GaussianMixture:
         m = null.sum(1).expand_as(off)                                          # (K, n) null directions
         level = torch.where(off, -1, m)
         top = level.amax(0)
-        terms = torch.where(level == top, f, -math.inf)
+        terms = torch.where((level == top) & ~off, f, -math.inf)
         comp = torch.where(off, -math.inf, torch.where(m > 0, math.inf, f))
         return zv, terms, comp, top > 0
 

@@ -417,14 +417,14 @@ def test_sample_mixture_cols_under_a_float32_default():
     w = torch.tensor([[0.3, 0.7]], dtype=F64).T.expand(2, 3).contiguous()
     means = torch.zeros(2, 2, 3, dtype=F64)
     covs = torch.eye(2, dtype=F64).expand(2, 2, 2).contiguous()
-    a = targets.sample_mixture_cols(w, means, covs, generator=torch.Generator().manual_seed(0))
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
+    old, out = torch.get_default_dtype(), []
     try:
-        b = targets.sample_mixture_cols(w, means, covs, generator=torch.Generator().manual_seed(0))
+        for default in (torch.float64, torch.float32):
+            torch.set_default_dtype(default)
+            out.append(targets.sample_mixture_cols(w, means, covs, generator=torch.Generator().manual_seed(0)))
     finally:
         torch.set_default_dtype(old)
-    assert b.dtype == F64 and torch.equal(a, b)
+    assert out[1].dtype == F64 and torch.equal(*out)
 
 
 def test_affine_scores_add_in_every_kind():
@@ -434,3 +434,65 @@ def test_affine_scores_add_in_every_kind():
     for a, b in ((dg, dg), (dg, fg), (fg, dg), (fg, fg)):
         s = a.affine_score() + b.affine_score()
         torch.testing.assert_close(s(x, -0.3), a.score(x, -0.3) + b.score(x, -0.3))
+
+
+# ---- survivors of the third sample (seed 181818) -------------------------------------------------------------------
+def test_schedule_construction_details():
+    sch = schedules.linear(1000, scale_with_T=False)
+    torch.testing.assert_close(sch.beta[1:1001], torch.linspace(1e-4, 0.02, 1000, dtype=F64))
+    with pytest.raises(ValueError, match="steps"):
+        sch.subsample([1, 5, 10])                          # must start at 0
+    assert schedules.VPSchedule(-0.1 * torch.ones(100, dtype=F64)).name == ""
+    assert schedules.from_alphabar([0.5], max_alphabar_T=None).T == 1
+
+
+def test_sampler_noise_keeps_x_dtype_under_a_float32_default():
+    sch = schedules.linear(50)
+    x = torch.zeros(2, 2, dtype=F64)
+    old, out = torch.get_default_dtype(), []
+    try:
+        for default in (torch.float64, torch.float32):
+            torch.set_default_dtype(default)
+            out.append(S.ddpm(lambda y, lab: -y, x, sch, stop=40, generator=torch.Generator().manual_seed(0)).x)
+    finally:
+        torch.set_default_dtype(old)
+    assert torch.equal(*out)
+
+
+def test_slope_fit_predicts_its_data():
+    x = torch.tensor([10.0, 20.0, 40.0, 80.0], dtype=F64)
+    fit = metrics.fit_slope(x, 3.0 * x ** -1.5)
+    torch.testing.assert_close(fit.predict(x), 3.0 * x ** -1.5)
+
+
+def test_metric_arguments_named_exactly():
+    with pytest.raises(ValueError, match="cell"):
+        metrics.tv_grid(torch.zeros(3, dtype=F64), torch.zeros(3, dtype=F64), math.nan)
+    with pytest.raises(ValueError, match="^C2 must"):
+        metrics.frechet_distance(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64), torch.zeros(2, dtype=F64),
+                                 torch.eye(3, dtype=F64))
+
+
+def test_singular_mixture_away_from_lab_zero_and_off_every_support():
+    mix = targets.GaussianMixture([0.5, 0.5], [[0.0, 0.0], [2.0, 0.0]], [[[1.0, 0.0], [0.0, 0.0]],
+                                                                        [[0.0, 0.0], [0.0, 1.0]]])
+    x = torch.tensor([[0.5, 1.0]], dtype=F64)                  # off both supports (y = 0 and x = 2)
+    assert mix.log_prob(x).item() == -math.inf
+    with pytest.raises(ValueError, match="off the support of every"):
+        mix.score(x)
+    s, H = mix.score_and_jacobian(x, -0.5)                      # regular at lab < 0: the Hessian exists
+    assert torch.isfinite(H).all() and torch.isfinite(s).all()
+
+
+def test_short_axis_helpers_on_three_dimensional_input():
+    x = torch.randn(2, 3, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(targets.logsumexp_last(x), torch.logsumexp(x, -1))
+    big = torch.randn(700, 3, 2, dtype=F64, generator=torch.Generator().manual_seed(1))   # the strided path
+    torch.testing.assert_close(targets.logsumexp_last(big), torch.logsumexp(big, -1))
+
+
+def test_diagonal_score_jacobian_shape():
+    dg = targets.DiagonalGaussian(torch.tensor([1.0, -0.5, 0.0], dtype=F64), torch.tensor([1.5, 0.3, 2.0], dtype=F64))
+    J = dg.score_jacobian(torch.zeros(5, 3, dtype=F64), -0.2)
+    assert J.shape == (5, 3, 3)
+    torch.testing.assert_close(J[0], targets.Gaussian(dg.loc, dg.cov).score_jacobian(torch.zeros(1, 3, dtype=F64), -0.2)[0])

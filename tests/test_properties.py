@@ -419,6 +419,12 @@ def test_singular_mixture_never_nan(mix, data, lab):
     x = torch.cat([x, mix.sample(2, generator=torch.Generator().manual_seed(1))])     # points on the supports too
     lp = mix.log_prob(x, lab)
     assert not bool(lp.isnan().any())
+    if lab == 0:    # the limit: -inf off every support, +inf on a singular one, finite on a regular one only
+        var = torch.diagonal(mix.covs, dim1=1, dim2=2)                                  # (K, d): diagonal here
+        on = ((var[None] > 0) | (x[:, None] == mix.means[None])).all(-1)                # (n, K)
+        singular = (var == 0).any(-1)                                                   # (K,)
+        want = torch.where((on & singular).any(1), math.inf, torch.where(on.any(1), 0.0, -math.inf))
+        assert torch.equal(torch.where(torch.isfinite(lp), 0.0, lp), want)
     if lab < 0:
         finite(lp, mix.score(x, lab))
         return
