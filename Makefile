@@ -14,7 +14,7 @@ export OMP_NUM_THREADS := 2
 export JUPYTER_PATH    := $(CURDIR)/$(VENV)/share/jupyter
 export PATH            := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv book test test-lab lab bench browser-deps serve clean
+.PHONY: venv book test test-lab lab bench mutation browser-deps serve clean
 
 venv: $(STAMP)
 
@@ -96,6 +96,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/sweep_scaling.py
 	$(BIN)/python benchmarks/report.py
+
+# Mutation score of the core modules (schedules, samplers, laws, metrics, targets; [tool.mutmut] in pyproject.toml):
+# each mutant runs against the unit tests that reach the mutated function.  Not part of `make test`; the score and
+# the wall time are in book/contributing.md.  MUTMUT_ONLY selects mutants by name, e.g. MUTMUT_ONLY='diffnotes.laws*'.
+MUTMUT_ONLY ?=
+mutation: $(STAMP)
+	rm -rf mutants
+	MPLBACKEND=Agg OMP_NUM_THREADS=1 $(BIN)/mutmut run $(MUTMUT_ONLY)
+	$(BIN)/mutmut results
 
 # What scripts/browser_check.py needs: Debian's chromium (never Playwright's own browser download), the
 # playwright package, and MathJax 3 from the npm registry (cached in _build/.browser-cache; the CDN is unreachable).

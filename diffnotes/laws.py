@@ -87,14 +87,17 @@ def law(sampler, score, init, schedule, *, stop=0, **options):
     :class:`Gaussian`."""
     if not isinstance(score, AffineScore):
         raise ValueError("score must be an AffineScore (e.g. target.affine_score()) for an exact law")
-    if isinstance(stop, bool) or not isinstance(stop, int) or not 0 <= stop < schedule.T:
-        raise ValueError(f"stop must be an integer in [0, T) = [0, {schedule.T}), got {stop!r}")
+    S.check_schedule_stop(schedule, stop)       # the samplers' own checks: the law accepts what the sampler does
+    S.check_options(sampler, options)
     if isinstance(init, DiagonalGaussian):
         m, C = init.loc, init.var
     elif isinstance(init, Gaussian):
         m, C = init.loc, init.cov
     else:
         raise ValueError(f"init must be a Gaussian or DiagonalGaussian, got {type(init).__name__}")
+    b = score.coeffs(schedule.lab(schedule.T))[1]
+    if b.shape != m.shape:
+        raise ValueError(f"init has dimension {m.numel()} but the score's offset b has shape {tuple(b.shape)}")
     sch = schedule.to(m.device) if schedule.device != m.device else schedule
     if sampler is S.multistep_ode:
         return _multistep_law(score, m, C, sch, stop, options.get("alpha_factor", True))

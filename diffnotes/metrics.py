@@ -20,35 +20,69 @@ from dataclasses import dataclass
 
 import torch
 
+from .params import integer, real, tensor
 from .targets import DiagonalGaussian, Gaussian
 
 __all__ = ["kl_gaussian", "kl_gaussian_or_inf", "hellinger_gaussian", "tv_grid", "kl_grid", "kl_mc", "fit_slope", "SlopeFit",
            "frechet_distance", "grid", "knn_entropy", "kl_knn", "kde_logpdf", "kl_kde"]
 
 
-def _moments(p):
+def _moments(p, name="p"):
     if isinstance(p, DiagonalGaussian):
         return p.loc, p.var
     if isinstance(p, Gaussian):
         return p.loc, p.cov
-    raise ValueError(f"expected a Gaussian or DiagonalGaussian, got {type(p).__name__}")
+    raise ValueError(f"{name} must be a Gaussian or DiagonalGaussian, got {type(p).__name__}")
+
+
+def _pair(p, q):
+    mp, Cp = _moments(p, "p")
+    mq, Cq = _moments(q, "q")
+    if mp.shape != mq.shape:
+        raise ValueError(f"p and q must have the same dimension, got {mp.numel()} and {mq.numel()}")
+    return mp, Cp, mq, Cq
+
+
+def _diag_degenerate(Cp, Cq, dm):
+    """Diagonal covariances with zero variances: ``(mutually singular, coordinates to keep)``.  A coordinate where
+    exactly one variance is zero, or both are zero at different means, makes the laws mutually singular; one where
+    both are zero at the same mean is the same point mass in both and drops out."""
+    zp, zq = Cp == 0, Cq == 0
+    both = zp & zq
+    return bool((zp ^ zq).any() or (both & (dm != 0)).any()), ~both
+
+
+def _singular_full(*Cs):
+    """Cholesky factors of full covariances, and whether each is singular (not positive definite)."""
+    out = [torch.linalg.cholesky_ex(C) for C in Cs]
+    return [L for L, _ in out], [bool(info) for _, info in out]
 
 
 def kl_gaussian(p, q):
-    """``KL(p || q) = 1/2 [tr(Cq^{-1} Cp) + (mq - mp)^T Cq^{-1} (mq - mp) - d + log det Cq - log det Cp]``."""
-    mp, Cp = _moments(p)
-    mq, Cq = _moments(q)
-    if mp.shape != mq.shape:
-        raise ValueError(f"p and q must have the same dimension, got {mp.numel()} and {mq.numel()}")
+    """``KL(p || q) = 1/2 [tr(Cq^{-1} Cp) + (mq - mp)^T Cq^{-1} (mq - mp) - d + log det Cq - log det Cp]``.
+
+    With a singular covariance: ``inf`` when ``p`` is not absolutely continuous with respect to ``q`` (exactly one
+    of them singular, or, for diagonal covariances, a coordinate where they are different point masses); a
+    coordinate where both are the same point mass drops out; two singular full covariances are a ``ValueError``
+    (the answer depends on their supports: use their common eigenbasis)."""
+    mp, Cp, mq, Cq = _pair(p, q)
     dm = mq - mp
     if Cp.ndim == 1 and Cq.ndim == 1:
+        if bool((Cp == 0).any() or (Cq == 0).any()):
+            singular, keep = _diag_degenerate(Cp, Cq, dm)
+            if singular:
+                return dm.new_tensor(math.inf)
+            dm, Cp, Cq = dm[keep], Cp[keep], Cq[keep]
         r = Cp / Cq
         # sum(r - 1 - log r) is computed stably for r close to 1
         return 0.5 * ((dm ** 2 / Cq).sum() + (r - 1 - torch.log(r)).sum())
     Cp = torch.diag(Cp) if Cp.ndim == 1 else Cp
     Cq = torch.diag(Cq) if Cq.ndim == 1 else Cq
-    Lq = torch.linalg.cholesky(Cq)
-    Lp = torch.linalg.cholesky(Cp)
+    (Lq, Lp), (sq, sp) = _singular_full(Cq, Cp)
+    if sq and sp:
+        raise ValueError("p and q: both covariances are singular; KL(p || q) depends on their supports")
+    if sq or sp:
+        return dm.new_tensor(math.inf)
     W = torch.linalg.solve_triangular(Lq, Lp, upper=False)     # Lq^{-1} Lp
     z = torch.linalg.solve_triangular(Lq, dm[:, None], upper=False)
     logdet = 2 * (torch.log(torch.diagonal(Lq)).sum() - torch.log(torch.diagonal(Lp)).sum())
@@ -59,8 +93,9 @@ def kl_gaussian_or_inf(p, q, rtol=1e-12):
     """``KL(p || q)`` of two Gaussians, ``inf`` when either covariance is singular (smallest eigenvalue below
     ``rtol`` times the largest variance): then one law has no density and is not absolutely continuous with
     respect to the other, unless both live on the same subspace, which this function does not try to detect."""
-    for law in (p, q):
-        _, C = _moments(law)
+    _pair(p, q)
+    for name, law in (("p", p), ("q", q)):
+        _, C = _moments(law, name)
         C = torch.diag(C) if C.ndim == 1 else C
         if float(torch.linalg.eigvalsh(C).min()) < rtol * float(C.diagonal().max()):
             return math.inf
@@ -69,11 +104,16 @@ def kl_gaussian_or_inf(p, q, rtol=1e-12):
 
 def hellinger_gaussian(p, q):
     """Hellinger distance ``H`` with ``H^2 = 1 - BC(p, q)`` (Bhattacharyya coefficient), so that
-    ``H^2 <= TV(p, q) <= sqrt(2) H``."""
-    mp, Cp = _moments(p)
-    mq, Cq = _moments(q)
+    ``H^2 <= TV(p, q) <= sqrt(2) H``.  Singular covariances as in :func:`kl_gaussian`: 1 for mutually singular
+    laws."""
+    mp, Cp, mq, Cq = _pair(p, q)
     dm = mp - mq
     if Cp.ndim == 1 and Cq.ndim == 1:
+        if bool((Cp == 0).any() or (Cq == 0).any()):    # zero variances: see kl_gaussian
+            singular, keep = _diag_degenerate(Cp, Cq, dm)
+            if singular:
+                return dm.new_tensor(1.0)
+            dm, Cp, Cq = dm[keep], Cp[keep], Cq[keep]
         Cm = 0.5 * (Cp + Cq)
         log_bc = (0.25 * torch.log(Cp).sum() + 0.25 * torch.log(Cq).sum() - 0.5 * torch.log(Cm).sum()
                   - 0.125 * (dm ** 2 / Cm).sum())
@@ -81,6 +121,12 @@ def hellinger_gaussian(p, q):
         Cp = torch.diag(Cp) if Cp.ndim == 1 else Cp
         Cq = torch.diag(Cq) if Cq.ndim == 1 else Cq
         Cm = 0.5 * (Cp + Cq)
+        _, (sp, sq, sm) = _singular_full(Cp, Cq, Cm)
+        if sm:
+            raise ValueError("p and q: both covariances are singular along a common direction; H depends on "
+                             "their supports")
+        if sp or sq:                   # one law on a proper affine subspace, the other with a density
+            return dm.new_tensor(1.0)
         log_bc = (0.25 * torch.logdet(Cp) + 0.25 * torch.logdet(Cq) - 0.5 * torch.logdet(Cm)
                   - 0.125 * dm @ torch.linalg.solve(Cm, dm))
     return (-torch.expm1(log_bc)).clamp_min(0).sqrt()
@@ -88,9 +134,30 @@ def hellinger_gaussian(p, q):
 
 def grid(lo, hi, n, d, *, device=None):
     """A tensor-product grid: points ``(n^d, d)`` and the cell volume."""
+    lo, hi = real("lo", lo), real("hi", hi)
+    if not lo < hi:
+        raise ValueError(f"lo must be < hi, got lo = {lo}, hi = {hi}")
+    n, d = integer("n", n, lo=2), integer("d", d, lo=1)
     ax = torch.linspace(lo, hi, n, dtype=torch.float64, device=device)
     pts = torch.stack(torch.meshgrid(*([ax] * d), indexing="ij"), -1).reshape(-1, d)
     return pts, float(ax[1] - ax[0]) ** d
+
+
+def _log_densities(cell, **named):
+    """Log-densities on a grid or at samples: real tensors of one shape, no NaN and no ``+inf`` (``-inf`` is a zero
+    density); ``cell`` (when given) a finite volume > 0."""
+    if cell is not None:
+        real("cell", cell, lo=0.0, lo_open=True)
+    shape, first = None, None
+    for name, v in named.items():
+        if not torch.is_tensor(v) or not v.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a floating-point tensor of log-densities, got "
+                             f"{v.dtype if torch.is_tensor(v) else type(v).__name__}")
+        if bool((v.isnan() | (v == math.inf)).any()):
+            raise ValueError(f"{name} must hold log-densities (no NaN, no +inf)")
+        if shape is not None and v.shape != shape:
+            raise ValueError(f"{first} and {name} must have the same shape, got {tuple(shape)} and {tuple(v.shape)}")
+        shape, first = v.shape, name
 
 
 def tv_grid(logp, logq, cell):
@@ -98,18 +165,30 @@ def tv_grid(logp, logq, cell):
 
     The truncation error is bounded by the mass of ``p`` and ``q`` outside the grid; ``1 - sum p cell`` is
     returned with it as ``(tv, missing_mass_p, missing_mass_q)``."""
+    _log_densities(cell, logp=logp, logq=logq)
     p, q = torch.exp(logp), torch.exp(logq)
     return 0.5 * (p - q).abs().sum() * cell, 1 - p.sum() * cell, 1 - q.sum() * cell
 
 
 def kl_grid(logp, logq, cell):
-    """``KL(p || q) = int p log(p / q)`` by quadrature on a grid (``p`` must vanish where ``q`` does)."""
+    """``KL(p || q) = int p log(p / q)`` by quadrature on a grid (``p`` must vanish where ``q`` does: else ``inf``)."""
+    _log_densities(cell, logp=logp, logq=logq)
     p = torch.exp(logp)
-    return (p * (logp - logq)).sum() * cell
+    if bool(((logq == -math.inf) & (logp > -math.inf)).any()):
+        return logp.new_tensor(math.inf)
+    return (torch.where(p > 0, p * (logp - logq), 0.0)).sum() * cell
 
 
 def kl_mc(logp_x, logq_x):
-    """``KL(p || q)`` from log-densities at samples ``x ~ p``: ``(estimate, standard error)``."""
+    """``KL(p || q)`` from log-densities at samples ``x ~ p``: ``(estimate, standard error)``; ``(inf, inf)`` when
+    ``q`` vanishes at a sample."""
+    _log_densities(None, logp_x=logp_x, logq_x=logq_x)
+    if logp_x.ndim != 1 or logp_x.numel() < 2:
+        raise ValueError(f"logp_x must be a 1-D tensor of at least 2 samples, got shape {tuple(logp_x.shape)}")
+    if not bool(torch.isfinite(logp_x).all()):
+        raise ValueError("logp_x must be finite at samples of p")
+    if bool((logq_x == -math.inf).any()):
+        return logq_x.new_tensor(math.inf), logq_x.new_tensor(math.inf)
     r = logp_x - logq_x
     return r.mean(), r.std() / math.sqrt(r.numel())
 
@@ -136,14 +215,18 @@ def fit_slope(x, y, *, level=0.95, log_power=0.0):
     ``log x``.  The interval is the Student-t interval of the regression slope (``n - 2`` degrees of freedom)."""
     from scipy import stats
 
-    x = torch.as_tensor(x, dtype=torch.float64).flatten().cpu()
-    y = torch.as_tensor(y, dtype=torch.float64).flatten().cpu()
+    real("level", level, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    real("log_power", log_power)
+    x = tensor("x", x, finite=False).flatten().cpu()
+    y = tensor("y", y, finite=False).flatten().cpu()
     if x.numel() != y.numel() or x.numel() < 3:
         raise ValueError(f"x and y must have the same length >= 3, got {x.numel()} and {y.numel()}")
     if (x <= 0).any() or (y <= 0).any() or not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise ValueError("x and y must be positive and finite for a log-log fit")
     if log_power and (x <= 1).any():
         raise ValueError("x must exceed 1 when a log factor is removed")
+    if bool((x == x[0]).all()):
+        raise ValueError("x must take at least two distinct values for a slope")
     lx = torch.log(x)
     ly = torch.log(y) - log_power * torch.log(lx) if log_power else torch.log(y)
     n = lx.numel()
@@ -161,6 +244,13 @@ def fit_slope(x, y, *, level=0.95, log_power=0.0):
 def frechet_distance(mu1, C1, mu2, C2):
     """Squared Frechet (2-Wasserstein) distance between ``N(mu1, C1)`` and ``N(mu2, C2)``:
     ``|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1^{1/2} C2 C1^{1/2})^{1/2})``."""
+    for name, v, nd in (("mu1", mu1, 1), ("C1", C1, 2), ("mu2", mu2, 1), ("C2", C2, 2)):
+        if not torch.is_tensor(v) or not v.dtype.is_floating_point or v.ndim != nd or \
+                v.shape != (mu1.shape * nd if torch.is_tensor(mu1) else None):
+            raise ValueError(f"{name} must be a floating-point tensor of shape (d{', d' * (nd - 1)}) like mu1, got "
+                             f"{tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{name} must be finite")
     lam, U = torch.linalg.eigh(C1)
     r1 = (U * lam.clamp_min(0).sqrt()) @ U.T
     mid = torch.linalg.eigvalsh(r1 @ C2 @ r1).clamp_min(0).sqrt().sum()
@@ -171,6 +261,8 @@ def frechet_distance(mu1, C1, mu2, C2):
 def _check_sample(x, name="x", min_n=2):
     if not torch.is_tensor(x) or x.ndim != 2:
         raise ValueError(f"{name} must be a (n, d) tensor, got {tuple(x.shape) if torch.is_tensor(x) else type(x)}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if x.shape[0] < min_n:
         raise ValueError(f"{name} must hold at least {min_n} points, got {x.shape[0]}")
     if not torch.isfinite(x).all():
@@ -200,9 +292,11 @@ def knn_entropy(x, *, k=1, whiten=True):
     log |det L|``, exact for the estimator too).  Brute-force neighbours, ``O(n^2 d)`` time in chunks."""
     from scipy.special import digamma
 
-    x = _check_sample(x, min_n=k + 1)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    x = _check_sample(x)
+    if x.shape[0] <= k:
+        raise ValueError(f"k = {k} must be less than the number of points of x, {x.shape[0]}")
     n, d = x.shape
     logdet = x.new_zeros(())
     if whiten:
@@ -277,5 +371,11 @@ def kl_kde(y, logp_y, x, *, bandwidth="silverman"):
     ``q_KDE`` the kernel density estimate (:func:`kde_logpdf`) of the sample ``x ~ q``.  Returns
     ``(estimate, standard error over y)``; the error bar ignores the randomness of ``q_KDE`` and the
     estimator is biased (smoothing, and ``E log q_KDE < log E q_KDE``)."""
+    y = _check_sample(y, "y", min_n=1)
+    _log_densities(None, logp_y=logp_y)
+    if logp_y.shape != (y.shape[0],):
+        raise ValueError(f"logp_y must have shape ({y.shape[0]},) (one per row of y), got {tuple(logp_y.shape)}")
+    if not bool(torch.isfinite(logp_y).all()):
+        raise ValueError("logp_y must be finite at samples of p")
     r = logp_y - kde_logpdf(x, y, bandwidth=bandwidth)
     return r.mean(), r.std() / math.sqrt(r.numel())

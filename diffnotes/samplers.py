@@ -13,20 +13,24 @@ Shared signature::
 
 The updates are written as in the documents, with 002's notation ``alpha_t = 1 - beta_t``, and computed as the same
 linear combinations of ``x``, the scores and the noise, with their coefficients precomputed per schedule
-(:func:`_table`) and each combination done in one or two passes (``torch.add(a, b, alpha=c)``): equal to the
-documents' formulas to rounding (``tests/test_bench.py``).
+(:func:`_table`, for the steps a call runs only) and each combination done in one or two passes
+(``torch.add(a, b, alpha=c)``): equal to the documents' formulas to rounding (``tests/test_bench.py``).  The score's
+first output is checked (shape, dtype and device those of ``x``); the options are checked by :func:`check_options`'s
+checks, which :func:`diffnotes.laws.law` shares.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 
 import torch
 
+from .params import real
 from .schedules import VPSchedule
 
 __all__ = ["Samples", "CountingScore", "ddpm", "ddim", "flow_ode", "accel_ode", "accel_sde", "multistep_ode",
-           "SAMPLERS", "DDPM_VARIANCES"]
+           "SAMPLERS", "DDPM_VARIANCES", "check_options"]
 
 DDPM_VARIANCES = ("beta", "beta_tilde", "beta_over_alpha")
 
@@ -49,13 +53,65 @@ class CountingScore:
         return self.score(x, lab)
 
 
-def _setup(x, schedule, stop, generator=None, need_generator=False):
+def check_schedule_stop(schedule, stop):
+    """The checks of ``schedule`` and ``stop`` that every sampler (and :func:`diffnotes.laws.law`) makes."""
     if not isinstance(schedule, VPSchedule):
         raise ValueError(f"schedule must be a VPSchedule, got {type(schedule).__name__}")
-    if not torch.is_tensor(x) or x.ndim != 2:
-        raise ValueError(f"x must be a (n, d) tensor, got {tuple(x.shape) if torch.is_tensor(x) else type(x)}")
     if isinstance(stop, bool) or not isinstance(stop, int) or not 0 <= stop < schedule.T:
         raise ValueError(f"stop must be an integer in [0, T) = [0, {schedule.T}), got {stop!r}")
+
+
+def _check_variance(variance):
+    if not isinstance(variance, str) or variance not in DDPM_VARIANCES:
+        raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
+    return variance
+
+
+def _check_eta(eta):
+    return real("eta", eta, lo=0.0, hi=1.0)
+
+
+def _check_alpha_factor(alpha_factor):
+    if not isinstance(alpha_factor, bool):
+        raise ValueError(f"alpha_factor must be True or False, got {alpha_factor!r}")
+    return alpha_factor
+
+
+_OPTION_CHECKS = {"variance": _check_variance, "eta": _check_eta, "alpha_factor": _check_alpha_factor}
+_COMMON = ("score", "x", "schedule", "generator", "stop", "trajectory", "progress")
+
+
+def check_options(sampler, options):
+    """Check a sampler's own options (``variance`` of :func:`ddpm`, ``eta`` of :func:`ddim`, ``alpha_factor`` of
+    :func:`multistep_ode`) as the sampler itself does: an unknown or misspelled option, or a bad value, is a
+    ``ValueError`` naming it.  :func:`diffnotes.laws.law` calls it, so that an exact law accepts exactly what the
+    sampler accepts."""
+    if sampler not in (*SAMPLERS.values(), multistep_ode):
+        raise ValueError(f"sampler must be one of the samplers of diffnotes.samplers, got {sampler!r}")
+    allowed = [k for k in inspect.signature(sampler).parameters if k not in _COMMON]
+    for k, v in options.items():
+        if k not in allowed:
+            raise ValueError(f"{sampler.__name__} has no option {k!r} (its options: {allowed or 'none'})")
+        _OPTION_CHECKS[k](v)
+
+
+def _check_score(s, x, name):
+    """The score's first output, checked once per run: a tensor like ``x`` (shape, dtype, device).  A score of shape
+    ``(d,)``, ``(n, 1)``, ``(1, d)`` or ``()`` would otherwise be broadcast into an ``(n, d)`` result."""
+    if not (torch.is_tensor(s) and s.shape == x.shape and s.dtype == x.dtype and s.device == x.device):
+        got = (f"shape {tuple(s.shape)}, {s.dtype} on {s.device}" if torch.is_tensor(s) else type(s).__name__)
+        raise ValueError(f"{name}: score must return a tensor of shape {tuple(x.shape)}, {x.dtype} on {x.device} "
+                         f"(like x), got {got}")
+
+
+def _setup(x, schedule, stop, generator=None):
+    check_schedule_stop(schedule, stop)
+    if not torch.is_tensor(x) or x.ndim != 2:
+        raise ValueError(f"x must be a (n, d) tensor, got {tuple(x.shape) if torch.is_tensor(x) else type(x)}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    if not math.isfinite(x.detach().sum()) and not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite (no NaN or inf entries)")
     if generator is not None and torch.device(generator.device).type != x.device.type:
         raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
     if schedule.device != x.device:
@@ -75,29 +131,46 @@ def _steps(schedule, stop, progress, desc):
     return ts
 
 
-def _floats(v):
-    """Per-step coefficients as Python floats (exact copies of the float64 values): multiplying a tensor by a
-    Python float gives the same numbers as by the 0-d tensor ``v[t]`` without one indexing op per coefficient
-    per step (the per-step cost that dominates at small batch)."""
-    return v.tolist()
+def _floats(v, lo):
+    """Per-step coefficients ``v[lo:]`` as Python floats (exact copies of the float64 values): multiplying a tensor
+    by a Python float gives the same numbers as by the 0-d tensor ``v[t]`` without one indexing op per coefficient
+    per step (the per-step cost that dominates at small batch).  Entry ``i`` is step ``t = lo + i``."""
+    return v[lo:].tolist()
 
 
-def _table(sch, key, make):
-    """A sampler's per-step coefficients on one schedule, computed once by ``make()`` and kept on the schedule
-    (schedules are not modified after construction; ``to(device)`` and ``subsample`` make new ones).  A repeated
-    call (many runs on one schedule) then skips the O(T) set-up: at batch 1e2 and 10 steps it was 90-150 us of a
-    500 us call."""
+def _labs(sch, lo):
+    """The noise levels ``log alphabar_t``, ``t >= lo``, as 0-d tensors (views), entry ``i`` for ``t = lo + i``."""
+    return sch.log_alphabar[lo:].unbind(0)
+
+
+TABLE_BUDGET = 1 << 14      # table entries (steps) kept per schedule, all samplers' tables together
+
+
+def _table(sch, key, lo, make):
+    """A sampler's per-step coefficients on one schedule for the steps ``t >= lo`` that a call runs: ``make(lo)``
+    computes the coefficient vectors on the whole schedule (float64 tensors, 8 bytes a step, freed after; computed
+    whole so that every entry is the same number whatever ``lo``) and converts only the entries ``t >= lo`` into
+    Python objects (about 0.75 KiB a step).  Tables are kept on the schedule (schedules are not modified after
+    construction; ``to(device)`` and ``subsample`` make new ones) up to :data:`TABLE_BUDGET` entries in all, the
+    oldest dropped first, so that a repeated short call skips the O(T) set-up (at batch 1e2 and 10 steps it was
+    90-150 us of a 500 us call), while a long run's table, whose set-up is a small part of the run, is not kept."""
     tables = sch.__dict__.setdefault("_sampler_tables", {})
-    if key not in tables:
-        tables[key] = make()
-    return tables[key]
+    key = (*key, lo)
+    if key in tables:
+        return tables[key][1]
+    tab, n = make(lo), sch.T + 2 - lo
+    if n <= TABLE_BUDGET:
+        while tables and sum(m for m, _ in tables.values()) + n > TABLE_BUDGET:
+            del tables[next(iter(tables))]
+        tables[key] = (n, tab)
+    return tab
 
 
 def _check_finite(x, t, name):
     # One reduction: the sum is finite iff every entry is (NaN and +-inf propagate through it), unless finite entries
     # overflow it; the exact elementwise test then decides.  (isfinite(x).all() alone writes and rereads a boolean
     # tensor the size of x: 14-20 ms at 2e6 entries.)
-    if not math.isfinite(x.sum()) and not torch.isfinite(x).all():
+    if not math.isfinite(x.detach().sum()) and not torch.isfinite(x).all():
         raise FloatingPointError(f"{name}: non-finite values at step t = {t}")
 
 
@@ -108,18 +181,21 @@ def ddpm(score, x, schedule, *, variance="beta", generator=None, stop=0, traject
     ``"beta"`` (``beta_t``), ``"beta_tilde"`` (``beta_t (1 - alphabar_{t-1}) / (1 - alphabar_t)``) or
     ``"beta_over_alpha"`` (``(1 - alpha_t) / alpha_t``, as written in 002 and 000)."""
     sch = _setup(x, schedule, stop, generator)
-    if variance not in DDPM_VARIANCES:
-        raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
+    _check_variance(variance)
 
-    def make():
+    def make(lo):
         var = {"beta": sch.beta, "beta_tilde": sch.beta_tilde, "beta_over_alpha": sch.beta / sch.alpha}[variance]
-        return (*(_floats(v) for v in (torch.exp(-0.5 * sch.log_alpha), sch.beta, var.sqrt())),
-                sch.log_alphabar.unbind(0))
-    rsa, beta, sd, lab = _table(sch, ("ddpm", variance), make)
+        return (*(_floats(v, lo) for v in (torch.exp(-0.5 * sch.log_alpha), sch.beta, var.sqrt())), _labs(sch, lo))
+    lo = stop + 1
+    rsa, beta, sd, lab = _table(sch, ("ddpm", variance), lo, make)
     traj = [x] if trajectory else None
     for t in _steps(sch, stop, progress, "DDPM"):
-        y = torch.add(x, score(x, lab[t]), alpha=beta[t])
-        x = y.mul_(rsa[t]).add_(_noise(x, generator), alpha=sd[t])
+        i = t - lo
+        s = score(x, lab[i])
+        if t == sch.T:
+            _check_score(s, x, "ddpm")
+        y = torch.add(x, s, alpha=beta[i])
+        x = y.mul_(rsa[i]).add_(_noise(x, generator), alpha=sd[i])
         _check_finite(x, t, "ddpm")
         if trajectory:
             traj.append(x)
@@ -132,11 +208,10 @@ def ddim(score, x, schedule, *, eta=0.0, generator=None, stop=0, trajectory=Fals
     ``x0 = (x + (1 - ab_t) s) / sqrt(ab_t)``, ``eps = -sqrt(1 - ab_t) s``,
     ``x_{t-1} = sqrt(ab_{t-1}) x0 + sqrt(1 - ab_{t-1} - sigma^2) eps + sigma Z``,
     ``sigma^2 = eta^2 beta_t (1 - ab_{t-1}) / (1 - ab_t)``.  Works on any (sub-sampled) schedule."""
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    eta = _check_eta(eta)
     sch = _setup(x, schedule, stop, generator)
 
-    def make():
+    def make(lo):
         lab, omab = sch.log_alphabar, sch.one_minus_alphabar
         # x_{t-1} = sqrt(ab_{t-1}) x0 + c_t eps = A_t x + B_t s, with x0 = (x + (1 - ab_t) s) / sqrt(ab_t),
         # eps = -sqrt(1 - ab_t) s, c_t = sqrt(1 - ab_{t-1} - sigma_t^2) = sqrt((1 - ab_{t-1}) (1 - eta^2 beta_t /
@@ -145,14 +220,19 @@ def ddim(score, x, schedule, *, eta=0.0, generator=None, stop=0, trajectory=Fals
         A = torch.exp(0.5 * (lab[:-1] - lab[1:]))
         B = A * omab[1:] - c * omab[1:].sqrt()
         pad = omab.new_zeros(1)
-        return (*(_floats(torch.cat([pad, v])) for v in (A, B)), _floats((eta ** 2 * sch.beta_tilde).sqrt()),
-                lab.unbind(0))
-    A, B, sd, labs = _table(sch, ("ddim", float(eta)), make)
+        return (*(_floats(torch.cat([pad, v]), lo) for v in (A, B)), _floats((eta ** 2 * sch.beta_tilde).sqrt(), lo),
+                _labs(sch, lo))
+    lo = stop + 1
+    A, B, sd, labs = _table(sch, ("ddim", eta), lo, make)
     traj = [x] if trajectory else None
     for t in _steps(sch, stop, progress, "DDIM"):
-        x = torch.add(x * A[t], score(x, labs[t]), alpha=B[t])
+        i = t - lo
+        s = score(x, labs[i])
+        if t == sch.T:
+            _check_score(s, x, "ddim")
+        x = torch.add(x * A[i], s, alpha=B[i])
         if eta > 0:
-            x.add_(_noise(x, generator), alpha=sd[t])
+            x.add_(_noise(x, generator), alpha=sd[i])
         _check_finite(x, t, "ddim")
         if trajectory:
             traj.append(x)
@@ -164,24 +244,28 @@ def flow_ode(score, x, schedule, *, generator=None, stop=0, trajectory=False, pr
 
     ``Y_{t-1} = (Y_t + (beta_t / 2) s_t(Y_t)) / sqrt(1 - beta_t)``."""
     sch = _setup(x, schedule, stop)
-    rsa, half_beta, lab = _table(sch, ("flow_ode",), lambda: (
-        _floats(torch.exp(-0.5 * sch.log_alpha)), _floats(0.5 * sch.beta), sch.log_alphabar.unbind(0)))
+    lo = stop + 1
+    rsa, half_beta, lab = _table(sch, ("flow_ode",), lo, lambda lo: (
+        _floats(torch.exp(-0.5 * sch.log_alpha), lo), _floats(0.5 * sch.beta, lo), _labs(sch, lo)))
     traj = [x] if trajectory else None
     for t in _steps(sch, stop, progress, "flow ODE"):
-        x = torch.add(x, score(x, lab[t]), alpha=half_beta[t]).mul_(rsa[t])
+        i = t - lo
+        s = score(x, lab[i])
+        if t == sch.T:
+            _check_score(s, x, "flow_ode")
+        x = torch.add(x, s, alpha=half_beta[i]).mul_(rsa[i])
         _check_finite(x, t, "flow_ode")
         if trajectory:
             traj.append(x)
     return Samples(x, sch.T - stop, traj)
 
 
-def _accel_table(sch):
+def _accel_table(sch, lo):
     """Coefficients of the accelerated ODE samplers: ``sqrt(alpha_t)``, ``1 / sqrt(alpha_t)``, ``beta_t / 2``,
     ``k_t = beta_t^2 / (4 beta_{t+1})`` and the noise levels."""
     la, beta = sch.log_alpha, sch.beta
     k = torch.cat([beta[:-1] ** 2 / (4 * beta[1:]), beta.new_zeros(1)])
-    return (_floats(torch.exp(0.5 * la)), _floats(torch.exp(-0.5 * la)), _floats(0.5 * beta), _floats(k),
-            sch.log_alphabar.unbind(0))
+    return (*(_floats(v, lo) for v in (torch.exp(0.5 * la), torch.exp(-0.5 * la), 0.5 * beta, k)), _labs(sch, lo))
 
 
 def accel_ode(score, x, schedule, *, generator=None, stop=0, trajectory=False, progress=False):
@@ -193,13 +277,17 @@ def accel_ode(score, x, schedule, *, generator=None, stop=0, trajectory=False, p
 
     Two score evaluations per step; at ``t = T`` it reads ``alpha_{T+1}`` (the schedule's extra step)."""
     sch = _setup(x, schedule, stop)
-    sa, rsa, half_beta, k, lab = _table(sch, ("accelerated",), lambda: _accel_table(sch))
+    lo = stop + 1
+    sa, rsa, half_beta, k, lab = _table(sch, ("accelerated",), lo, lambda lo: _accel_table(sch, lo))
     traj = [x] if trajectory else None
     for t in _steps(sch, stop, progress, "accelerated ODE"):
-        s = score(x, lab[t])
-        s_next = score(torch.add(x, s, alpha=-half_beta[t + 1]).mul_(sa[t + 1]), lab[t + 1])      # at Y_t^-
+        i = t - lo
+        s = score(x, lab[i])
+        if t == sch.T:
+            _check_score(s, x, "accel_ode")
+        s_next = score(torch.add(x, s, alpha=-half_beta[i + 1]).mul_(sa[i + 1]), lab[i + 1])      # at Y_t^-
         # (Y_t + beta_t / 2 s + k_t (s - sqrt(alpha_{t+1}) s_next)) / sqrt(alpha_t)
-        x = torch.add(x, s, alpha=half_beta[t] + k[t]).add_(s_next, alpha=-k[t] * sa[t + 1]).mul_(rsa[t])
+        x = torch.add(x, s, alpha=half_beta[i] + k[i]).add_(s_next, alpha=-k[i] * sa[i + 1]).mul_(rsa[i])
         _check_finite(x, t, "accel_ode")
         if trajectory:
             traj.append(x)
@@ -214,14 +302,19 @@ def accel_sde(score, x, schedule, *, generator=None, stop=0, trajectory=False, p
 
     One score evaluation per step."""
     sch = _setup(x, schedule, stop, generator)
-    rsa, beta, half_sd, lab = _table(sch, ("accel_sde",), lambda: (
-        _floats(torch.exp(-0.5 * sch.log_alpha)), _floats(sch.beta), _floats((0.5 * sch.beta).sqrt()),
-        sch.log_alphabar.unbind(0)))
+    lo = stop + 1
+    rsa, beta, half_sd, lab = _table(sch, ("accel_sde",), lo, lambda lo: (
+        *(_floats(v, lo) for v in (torch.exp(-0.5 * sch.log_alpha), sch.beta, (0.5 * sch.beta).sqrt())),
+        _labs(sch, lo)))
     traj = [x] if trajectory else None
     for t in _steps(sch, stop, progress, "accelerated SDE"):
-        xp = torch.add(x, _noise(x, generator), alpha=half_sd[t])
-        y = torch.add(xp, score(xp, lab[t]), alpha=beta[t])
-        x = y.add_(_noise(x, generator), alpha=half_sd[t]).mul_(rsa[t])
+        i = t - lo
+        xp = torch.add(x, _noise(x, generator), alpha=half_sd[i])
+        s = score(xp, lab[i])
+        if t == sch.T:
+            _check_score(s, x, "accel_sde")
+        y = torch.add(xp, s, alpha=beta[i])
+        x = y.add_(_noise(x, generator), alpha=half_sd[i]).mul_(rsa[i])
         _check_finite(x, t, "accel_sde")
         if trajectory:
             traj.append(x)
@@ -241,17 +334,21 @@ def multistep_ode(score, x, schedule, *, alpha_factor=True, generator=None, stop
 
     with ``f = sqrt(alpha_{t+1})`` ("Ours" display, ``alpha_factor=True``) or ``f = 1`` (the "Scheme 2" display as
     printed, ``alpha_factor=False``).  The first step (no ``Y_{t+1}`` yet) is the flow-ODE step."""
+    _check_alpha_factor(alpha_factor)
     sch = _setup(x, schedule, stop)
-    sa, rsa, half_beta, k, lab = _table(sch, ("accelerated",), lambda: _accel_table(sch))
+    lo = stop + 1
+    sa, rsa, half_beta, k, lab = _table(sch, ("accelerated",), lo, lambda lo: _accel_table(sch, lo))
     traj = [x] if trajectory else None
     s_prev = None
     for t in _steps(sch, stop, progress, "multistep ODE"):
-        s = score(x, lab[t])
+        i = t - lo
+        s = score(x, lab[i])
         if s_prev is None:
-            x = torch.add(x, s, alpha=half_beta[t]).mul_(rsa[t])
+            _check_score(s, x, "multistep_ode")
+            x = torch.add(x, s, alpha=half_beta[i]).mul_(rsa[i])
         else:   # (Y_t + beta_t / 2 s + k_t (s - f s_prev)) / sqrt(alpha_t)
-            f = sa[t + 1] if alpha_factor else 1.0
-            x = torch.add(x, s, alpha=half_beta[t] + k[t]).add_(s_prev, alpha=-k[t] * f).mul_(rsa[t])
+            f = sa[i + 1] if alpha_factor else 1.0
+            x = torch.add(x, s, alpha=half_beta[i] + k[i]).add_(s_prev, alpha=-k[i] * f).mul_(rsa[i])
         s_prev = s
         _check_finite(x, t, "multistep_ode")
         if trajectory:

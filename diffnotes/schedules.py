@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from .params import integer, real, tensor
+
 __all__ = ["VPSchedule", "linear", "cosine", "theory", "ou", "from_alphabar"]
 
 DEFAULT_MAX_ALPHABAR_T = 1e-3
@@ -41,16 +43,19 @@ class VPSchedule:
 
     def __init__(self, log_alpha, *, log_alpha_next=None, max_alphabar_T=DEFAULT_MAX_ALPHABAR_T, name="",
                  device=None):
-        la = torch.as_tensor(log_alpha, dtype=torch.float64, device=_device(device))
+        la = tensor("log_alpha", log_alpha, device=_device(device), finite=False)
         if la.ndim != 1 or la.numel() < 1:
             raise ValueError(f"log_alpha must be a non-empty 1-D tensor, got shape {tuple(la.shape)}")
         if not torch.isfinite(la).all() or (la >= 0).any():
             raise ValueError("log_alpha must be finite and strictly negative (0 < beta_t < 1) at every step")
         if log_alpha_next is None:
             log_alpha_next = la[-1]
-        nxt = torch.as_tensor(log_alpha_next, dtype=torch.float64, device=la.device).reshape(1)
-        if not torch.isfinite(nxt).all() or (nxt >= 0).any():
+        nxt = tensor("log_alpha_next", log_alpha_next, device=la.device, finite=False)
+        if nxt.numel() != 1 or not torch.isfinite(nxt).all() or (nxt >= 0).any():
             raise ValueError("log_alpha_next must be finite and strictly negative")
+        nxt = nxt.reshape(1)
+        if max_alphabar_T is not None:
+            real("max_alphabar_T", max_alphabar_T, lo=0.0, hi=1.0, lo_open=True)
         self.name = name
         self.T = la.numel()
         # index 0 is t = 0; index T + 1 is the extra step.
@@ -100,7 +105,9 @@ class VPSchedule:
         return bt
 
     def lab(self, t):
-        """Noise level ``log alphabar_t`` of step ``t`` (0-d tensor)."""
+        """Noise level ``log alphabar_t`` of step ``t = 0 .. T + 1`` (0-d tensor)."""
+        if not (isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= self.T + 1):
+            integer("t", t, lo=0, hi=self.T + 1)
         return self.log_alphabar[t]
 
     def subsample(self, steps, *, name=None):
@@ -109,13 +116,17 @@ class VPSchedule:
         Its step ``i`` jumps from ``steps[i]`` to ``steps[i-1]``: ``log alpha'_i`` is the sum of the skipped
         ``log alpha_t`` (exact; no subtraction of cumulative sums).
         """
-        s = torch.as_tensor(steps, dtype=torch.long).cpu()
+        s = tensor("steps", steps).cpu()
+        if not bool((s == s.round()).all()):
+            raise ValueError(f"steps must be integers, got {s.tolist()}")
+        s = s.long()
         if s.ndim != 1 or s.numel() < 2 or int(s[0]) != 0 or (s[1:] <= s[:-1]).any() or int(s[-1]) > self.T:
             raise ValueError(f"steps must increase strictly from 0 to at most T = {self.T}, got {s.tolist()}")
         la = torch.stack([self.log_alpha[a + 1:b + 1].sum() for a, b in zip(s[:-1].tolist(), s[1:].tolist())])
         return VPSchedule(la, max_alphabar_T=None, name=name or f"{self.name}[{len(s) - 1} steps]")
 
     def to(self, device):
+        device = _device(device)
         out = object.__new__(VPSchedule)
         out.__dict__.update({k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()
                              if k != "_sampler_tables"})          # samplers' cached coefficients (device-bound)
@@ -142,16 +153,24 @@ def _check_T(T):
 
 def from_betas(betas, *, beta_next=None, **kw):
     """Schedule from ``beta_1..beta_T`` (and optionally ``beta_{T+1}``)."""
-    b = torch.as_tensor(betas, dtype=torch.float64)
+    b = tensor("betas", betas, finite=False)
+    if b.ndim != 1 or b.numel() < 1:
+        raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(b.shape)}")
     if not ((b > 0) & (b < 1)).all():
         raise ValueError("betas must lie in (0, 1)")
-    nxt = None if beta_next is None else torch.log1p(-torch.as_tensor(beta_next, dtype=torch.float64))
+    nxt = None if beta_next is None else torch.log1p(-tensor("beta_next", beta_next, finite=False))
+    if nxt is not None and not (nxt.numel() == 1 and bool(torch.isfinite(nxt).all()) and bool((nxt < 0).all())):
+        raise ValueError(f"beta_next must be a number in (0, 1), got {beta_next!r}")
     return VPSchedule(torch.log1p(-b), log_alpha_next=nxt, **kw)
 
 
 def from_alphabar(alphabar, **kw):
     """Schedule from ``alphabar_1..alphabar_T`` (strictly decreasing, in (0, 1))."""
-    lab = torch.log(torch.as_tensor(alphabar, dtype=torch.float64))
+    ab = tensor("alphabar", alphabar, finite=False)
+    if ab.ndim != 1 or ab.numel() < 1 or not bool(((ab > 0) & (ab < 1)).all()) or \
+            not bool((ab[1:] < ab[:-1]).all()):
+        raise ValueError("alphabar must be a non-empty 1-D tensor decreasing strictly within (0, 1)")
+    lab = torch.log(ab)
     la = torch.diff(lab, prepend=lab.new_zeros(1))
     return VPSchedule(la, **kw)
 
@@ -160,6 +179,10 @@ def linear(T, beta_start=1e-4, beta_end=0.02, *, scale_with_T=True, **kw):
     """DDPM's linear schedule.  With ``scale_with_T`` (default) the end points are multiplied by ``1000 / T``
     as in Improved DDPM, so that every ``T`` reaches about the same ``alphabar_T``."""
     _check_T(T)
+    real("beta_start", beta_start, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    real("beta_end", beta_end, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    if not isinstance(scale_with_T, bool):
+        raise ValueError(f"scale_with_T must be True or False, got {scale_with_T!r}")
     s = 1000.0 / T if scale_with_T else 1.0
     lo, hi = beta_start * s, beta_end * s
     if not hi < 1:
@@ -174,6 +197,8 @@ def cosine(T, s=0.008, max_beta=0.999, **kw):
     """Nichol & Dhariwal's cosine schedule, ``alphabar(t) = f(t) / f(0)``, ``f(t) = cos^2((t/T + s)/(1 + s) pi/2)``;
     betas are clipped at ``max_beta``."""
     _check_T(T)
+    real("s", s, lo=0.0)
+    real("max_beta", max_beta, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     t = torch.arange(T + 1, dtype=torch.float64)
     logf = 2 * torch.log(torch.cos((t / T + s) / (1 + s) * math.pi / 2).clamp_min(1e-300))
     la = (logf[1:] - logf[:-1]).clamp(min=math.log1p(-max_beta))
@@ -193,8 +218,8 @@ def theory(T, c0=2.0, c1=4.0, **kw):
     _check_T(T)
     if T < 2:
         raise ValueError("T must be at least 2 for the theory schedule")
-    if not (c0 > 0 and c1 > 0):
-        raise ValueError(f"c0 and c1 must be positive, got c0={c0}, c1={c1}")
+    real("c0", c0, lo=0.0, lo_open=True)
+    real("c1", c1, lo=0.0, lo_open=True)
     h = c1 * math.log(T) / T
     t = torch.arange(1, T + 2, dtype=torch.float64)
     log_growth = -c0 * math.log(T) + t * math.log1p(h)          # log(beta_1 (1 + h)^t)
@@ -208,8 +233,8 @@ def theory(T, c0=2.0, c1=4.0, **kw):
 def ou(eps, t_end, **kw):
     """The Ornstein-Uhlenbeck discretisation of document 001: ``Z_t = e^{-eps} Z_{t-eps} + sqrt(1 - e^{-2 eps}) W``
     on ``[0, t_end]`` with step ``eps``: ``log alpha = -2 eps`` per step, ``alphabar(t) = e^{-2t}``."""
-    if not (eps > 0 and t_end > 0):
-        raise ValueError(f"eps and t_end must be positive, got eps={eps}, t_end={t_end}")
+    real("eps", eps, lo=0.0, lo_open=True)
+    real("t_end", t_end, lo=0.0, lo_open=True)
     n = round(t_end / eps)
     if n < 1 or abs(n * eps - t_end) > 1e-9 * t_end:
         raise ValueError(f"t_end = {t_end} must be a whole number of steps eps = {eps}")

@@ -12,19 +12,26 @@ Shapes: points ``x`` are ``(n, d)``; weights ``(K,)``, means ``(K, d)``, covaria
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
+
+from .params import integer, real, tensor
 
 __all__ = ["GaussianMixture", "Gaussian", "DiagonalGaussian", "AffineScore", "noise_level"]
 
 LOG2PI = math.log(2 * math.pi)
 
 
-def noise_level(lab, like):
+def noise_level(lab, like, *, name="lab"):
     """``(sqrt(alphabar), 1 - alphabar)`` for ``lab = log alphabar``, computed stably, as 0-d tensors like ``like``."""
+    if isinstance(lab, bool) or not (isinstance(lab, numbers.Real) or torch.is_tensor(lab)):
+        raise ValueError(f"{name} (log alphabar) must be a finite scalar <= 0, got {lab!r}")
+    if torch.is_tensor(lab) and not lab.dtype.is_floating_point:
+        raise ValueError(f"{name} (log alphabar) must be a finite scalar <= 0, got a {lab.dtype} tensor")
     lab = torch.as_tensor(lab, dtype=like.dtype, device=like.device)
     if lab.ndim != 0 or not torch.isfinite(lab) or lab > 0:
-        raise ValueError(f"lab (log alphabar) must be a finite scalar <= 0, got {lab}")
+        raise ValueError(f"{name} (log alphabar) must be a finite scalar <= 0, got {lab}")
     return torch.exp(0.5 * lab), -torch.expm1(lab)
 
 
@@ -81,10 +88,18 @@ def categorical_rows(w, generator=None):
     return (w / torch.log1p(q.neg_()).neg_()).argmax(-1)
 
 
-def _check_points(x, d, name="x"):
+def _check_points(x, d, like, name="x"):
+    """``x`` must be an ``(n, d)`` tensor of the dtype and on the device of the target's tensor ``like``."""
     if not torch.is_tensor(x) or x.ndim != 2 or x.shape[1] != d:
         shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise ValueError(f"{name} must be a tensor of shape (n, {d}), got {shape}")
+    if x.dtype != like.dtype or x.device != like.device:
+        raise ValueError(f"{name} must be {like.dtype} on {like.device} like the target, got {x.dtype} on {x.device}")
+    # one reduction (the sum is finite iff every entry is, unless finite entries overflow it: then the exact test)
+    if not math.isfinite(x.detach().sum()) and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite (no NaN or inf entries)")
+
+
 
 
 class AffineScore:
@@ -94,6 +109,8 @@ class AffineScore:
     laws of :mod:`diffnotes.laws` need this form; samplers just call it like any score."""
 
     def __init__(self, coeffs):
+        if not callable(coeffs):
+            raise ValueError(f"coeffs must be a callable lab -> (A, b), got {type(coeffs).__name__}")
         self.coeffs = coeffs
 
     def __call__(self, x, lab):
@@ -121,12 +138,12 @@ class GaussianMixture:
     """``sum_k w_k N(m_k, Sigma_k)`` in ``R^d`` (float64), with everything exact at every noise level."""
 
     def __init__(self, weights, means, covs):
-        means = torch.as_tensor(means, dtype=torch.float64)
+        means = tensor("means", means)
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, d), got {tuple(means.shape)}")
         K, d = means.shape
-        weights = torch.as_tensor(weights, dtype=torch.float64, device=means.device)
-        covs = torch.as_tensor(covs, dtype=torch.float64, device=means.device)
+        weights = tensor("weights", weights, device=means.device)
+        covs = tensor("covs", covs, device=means.device)
         if weights.shape != (K,):
             raise ValueError(f"weights must have shape ({K},), got {tuple(weights.shape)}")
         if covs.shape != (K, d, d):
@@ -141,6 +158,8 @@ class GaussianMixture:
         if (lam < -1e-10 * lam.abs().max().clamp_min(1)).any():
             raise ValueError("covs must be positive semi-definite")
         self.lam, self.U = lam.clamp_min(0.0), U
+        # a zero eigenvalue: at lab = 0 that component has no density (see _singular_terms)
+        self._singular = bool((self.lam == 0).any())
         self.log_weights = torch.log(weights)
         # (d, K d) stack of the eigenbases and the means in them: one matrix product per batch of points
         self._Ucat = U.permute(1, 0, 2).reshape(d, K * d)
@@ -169,7 +188,7 @@ class GaussianMixture:
         ``z (K, d, n)``, and the eigenvalues ``v (K, d)``.  The points run along the last (contiguous) axis, so
         that elementwise work and sums over components or coordinates are long vector loops; with the points
         first and a short last axis (K or d of a few), torch's CPU kernels run 5-20x slower per element."""
-        _check_points(x, self.d)
+        _check_points(x, self.d, self.means)
         sab, v = self._v(lab)
         z = (self._Ucat.T @ x.T).view(self.K, self.d, x.shape[0]) - (sab * self._mU)[:, :, None]
         return z, v
@@ -179,19 +198,58 @@ class GaussianMixture:
         const = self.log_weights - 0.5 * (torch.log(v).sum(-1) + self.d * LOG2PI)
         return const[:, None] - 0.5 * (z * zv).sum(1)
 
+    def _degenerate(self, v):
+        """True when a component has a zero variance at this noise level (only at ``lab = 0``, only for a singular
+        covariance): then :meth:`_singular_terms` replaces :meth:`_terms`."""
+        return self._singular and not bool((v > 0).all())
+
+    def _singular_terms(self, z, v):
+        """The limits of the regularised terms as the zero variances ``v -> 0``: a component is "off" at ``x`` when
+        ``x - m_k`` has a component along a null direction (term ``-inf``), else "on" with ``m_k`` null directions
+        (term ``+inf`` when ``m_k > 0``).  At each point the components on with the most null directions dominate
+        (their density grows like ``v^{-m_k / 2}``); the responsibilities are a softmax over those of the finite
+        parts (over the positive variances).  Returns ``(zv, terms (K, n), comp (K, n), inf (n,))``: ``zv = z / v``
+        with 0 along null directions (the pseudo-inverse), the dominant finite parts (``-inf`` elsewhere), each
+        component's own limit, and the points where the density is infinite."""
+        null = (v == 0)[:, :, None]
+        zv = torch.where(null, 0.0, z / v[:, :, None])
+        off = (null & (z != 0)).any(1)                                          # (K, n)
+        const = self.log_weights - 0.5 * (torch.log(torch.where(v > 0, v, 1.0)).sum(-1) + self.d * LOG2PI)
+        f = const[:, None] - 0.5 * (z * zv).sum(1)
+        m = null.sum(1).expand_as(off)                                          # (K, n) null directions
+        level = torch.where(off, -1, m)
+        top = level.amax(0)
+        terms = torch.where((level == top) & ~off, f, -math.inf)
+        comp = torch.where(off, -math.inf, torch.where(m > 0, math.inf, f))
+        return zv, terms, comp, top > 0
+
     def _parts(self, x, lab):
         """``(z, zv = z / v, v, responsibilities (K, n))`` at ``x``."""
         z, v = self._z(x, lab)
+        if self._degenerate(v):
+            zv, terms, _, _ = self._singular_terms(z, v)
+            if bool((terms == -math.inf).all(0).any()):
+                raise ValueError("x: a point lies off the support of every (singular) component, where q_0 has "
+                                 "no density and its score is undefined")
+            return z, zv, v, torch.softmax(terms, 0)
         zv = z / v[:, :, None]
         return z, zv, v, torch.softmax(self._terms(z, zv, v), 0)
 
     def component_log_prob(self, x, lab=0.0):
-        """``log w_k + log N(x; sqrt(ab) m_k, ab Sigma_k + (1 - ab) I)``: ``(n, K)``."""
+        """``log w_k + log N(x; sqrt(ab) m_k, ab Sigma_k + (1 - ab) I)``: ``(n, K)``.  At ``lab = 0`` a component
+        with a singular covariance gives the limit: ``+inf`` on its support, ``-inf`` off it."""
         z, v = self._z(x, lab)
+        if self._degenerate(v):
+            return self._singular_terms(z, v)[2].T.contiguous()
         return self._terms(z, z / v[:, :, None], v).T.contiguous()
 
     def log_prob(self, x, lab=0.0):
+        """``log q_t(x)``: ``(n,)``.  At ``lab = 0`` with a singular component covariance, the limit of vanishing
+        variances: ``+inf`` on the support of a singular component, the other components' value off it."""
         z, v = self._z(x, lab)
+        if self._degenerate(v):
+            _, terms, _, inf = self._singular_terms(z, v)
+            return torch.logsumexp(terms, 0).masked_fill(inf, math.inf)
         return torch.logsumexp(self._terms(z, z / v[:, :, None], v), 0)
 
     def responsibilities(self, x, lab=0.0):
@@ -199,7 +257,8 @@ class GaussianMixture:
         return self._parts(x, lab)[3].T.contiguous()
 
     def score(self, x, lab=0.0):
-        """``grad_x log q_t(x) = -sum_k r_k(x) U_k diag(1 / v_k) U_k^T (x - mu_k)``: ``(n, d)``."""
+        """``grad_x log q_t(x) = -sum_k r_k(x) U_k diag(1 / v_k) U_k^T (x - mu_k)``: ``(n, d)``.  At ``lab = 0`` with
+        a singular component covariance: the limit of vanishing variances (``1 / v`` read as the pseudo-inverse)."""
         _, zv, _, r = self._parts(x, lab)
         return -((r[:, None, :] * zv).view(self.K * self.d, x.shape[0]).T @ self._Ucat.T)
 
@@ -215,6 +274,9 @@ class GaussianMixture:
         """:meth:`score_and_jacobian` with the points last: ``s (d, n)`` and the Hessian rows ``rows`` (all by
         default) ``(len(rows), d, n)``."""
         _, zv, v, r = self._parts(x, lab)
+        if self._degenerate(v):
+            raise ValueError("lab: the Hessian of log q_0 is unbounded for a singular component covariance; "
+                             "use lab < 0")
         g = -torch.bmm(self.U, zv)                                   # (K, d, n)
         rg = r[:, None, :] * g
         s = rg.sum(0)                                                # (d, n)
@@ -253,6 +315,8 @@ class GaussianMixture:
 
     def _reverse_kernel_cols(self, x, lab_t, lab_s):
         """:meth:`reverse_kernel` with the points last: ``(weights (K, n), means (K, d, n), covs (K, d, d))``."""
+        noise_level(lab_t, self.means, name="lab_t")
+        noise_level(lab_s, self.means, name="lab_s")
         lab_t = torch.as_tensor(lab_t, dtype=torch.float64)
         lab_s = torch.as_tensor(lab_s, dtype=torch.float64)
         if not lab_s >= lab_t:
@@ -262,7 +326,10 @@ class GaussianMixture:
         a = torch.exp(0.5 * (lab_t - lab_s))
         r = -torch.expm1(lab_t - lab_s)
         means = torch.bmm(self.U, (a * v_s)[:, :, None] * zv) + (sab_s * self.means)[:, :, None]
-        covs = torch.einsum("kde,ke,kfe->kdf", self.U, v_s * r / v_t, self.U)
+        ratio = v_s * r / v_t
+        if self._degenerate(v_t):                                    # lab_t = lab_s = 0: r = 0, no move
+            ratio = torch.where(v_t > 0, ratio, 0.0)
+        covs = torch.einsum("kde,ke,kfe->kdf", self.U, ratio, self.U)
         return w, means, covs
 
     def posterior_x0_mixture(self, x, lab):
@@ -280,11 +347,16 @@ class GaussianMixture:
     def condition(self, idx_y, y):
         """For ``Z = [X, Y]`` with ``Y = Z[idx_y]`` observed equal to ``y`` (a ``(p,)`` vector): the exact law of
         ``X = Z[idx_x]`` given ``Y = y`` (a Gaussian mixture in the remaining coordinates, in their order)."""
-        idx_y = torch.as_tensor(idx_y, dtype=torch.long, device=self.device).reshape(-1)
+        iy = tensor("idx_y", idx_y).reshape(-1)
+        if iy.numel() < 1 or iy.numel() >= self.d or not bool((iy == iy.round()).all()) or \
+                not bool(((iy >= 0) & (iy < self.d)).all()) or iy.unique().numel() != iy.numel():
+            raise ValueError(f"idx_y must be distinct coordinates in [0, {self.d}), at least one and not all, "
+                             f"got {idx_y!r}")
+        idx_y = iy.long().to(self.device)
         mask = torch.ones(self.d, dtype=torch.bool, device=self.device)
         mask[idx_y] = False
         idx_x = torch.arange(self.d, device=self.device)[mask]
-        y = torch.as_tensor(y, dtype=torch.float64, device=self.device).reshape(-1)
+        y = tensor("y", y, device=self.device).reshape(-1)
         if y.numel() != idx_y.numel():
             raise ValueError(f"y must have {idx_y.numel()} entries (one per index in idx_y), got {y.numel()}")
         Sxx = self.covs[:, idx_x][:, :, idx_x]
@@ -297,14 +369,13 @@ class GaussianMixture:
 
         Per component: ``S_k = H Sigma_k H^T + sigma_y^2 I``, mean ``m_k + Sigma_k H^T S_k^{-1} (y - H m_k)``,
         covariance ``Sigma_k - Sigma_k H^T S_k^{-1} H Sigma_k``, weight ``~ w_k N(y; H m_k, S_k)``."""
-        H = torch.as_tensor(H, dtype=torch.float64, device=self.device)
+        H = tensor("H", H, device=self.device)
         if H.ndim != 2 or H.shape[1] != self.d:
             raise ValueError(f"H must have shape (p, {self.d}), got {tuple(H.shape)}")
-        y = torch.as_tensor(y, dtype=torch.float64, device=self.device).reshape(-1)
+        y = tensor("y", y, device=self.device).reshape(-1)
         if y.numel() != H.shape[0]:
             raise ValueError(f"y must have {H.shape[0]} entries (rows of H), got {y.numel()}")
-        if not sigma_y >= 0:
-            raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
+        real("sigma_y", sigma_y, lo=0.0)
         Sxy = self.covs @ H.T                                  # Cov(x0, y | k)
         Syy = H @ self.covs @ H.T + sigma_y ** 2 * torch.eye(H.shape[0], dtype=torch.float64, device=self.device)
         return _gaussian_condition(self, self.covs, Sxy, Syy, self.means, self.means @ H.T, y)
@@ -323,7 +394,10 @@ class GaussianMixture:
 
 def _gaussian_condition(mix, Sxx, Sxy, Syy, mx, my, y):
     """Condition each component's joint Gaussian of (X, Y) on Y = y; reweight components by N(y; my_k, Syy_k)."""
-    L = torch.linalg.cholesky(Syy)
+    L, info = torch.linalg.cholesky_ex(Syy)
+    if bool(info.any()):
+        raise ValueError("y: the observed coordinates have a singular covariance in some component (e.g. sigma_y = 0 "
+                         "with H Sigma_k H^T singular); condition on an independent set or use sigma_y > 0")
     r = (y - my)[..., None]
     alpha = torch.cholesky_solve(r, L)                         # Syy^{-1} (y - my)
     means = mx + (Sxy @ alpha)[..., 0]
@@ -370,10 +444,12 @@ class Gaussian(GaussianMixture):
     """``N(mean, cov)``: a one-component mixture with its exact score as an :class:`AffineScore`."""
 
     def __init__(self, mean, cov):
-        mean = torch.as_tensor(mean, dtype=torch.float64)
+        mean = tensor("mean", mean)
         if mean.ndim != 1:
             raise ValueError(f"mean must be a (d,) vector, got shape {tuple(mean.shape)}")
-        cov = torch.as_tensor(cov, dtype=torch.float64, device=mean.device)
+        cov = tensor("cov", cov, device=mean.device)
+        if cov.shape != (mean.numel(), mean.numel()):
+            raise ValueError(f"cov must have shape ({mean.numel()}, {mean.numel()}), got {tuple(cov.shape)}")
         super().__init__(torch.ones(1, dtype=torch.float64, device=mean.device), mean[None], cov[None])
 
     @staticmethod
@@ -411,14 +487,15 @@ class DiagonalGaussian:
     """``N(mean, diag(var))``: the fast path for large ``d`` (everything elementwise)."""
 
     def __init__(self, mean, var):
-        mean = torch.as_tensor(mean, dtype=torch.float64)
-        var = torch.as_tensor(var, dtype=torch.float64, device=mean.device)
+        mean = tensor("mean", mean)
+        var = tensor("var", var, device=mean.device)
         if mean.ndim != 1 or var.shape != mean.shape:
             raise ValueError(f"mean and var must be (d,) vectors of equal shape, got {tuple(mean.shape)} and "
                              f"{tuple(var.shape)}")
         if (var < 0).any():
             raise ValueError("var must be non-negative")
         self.loc, self.var, self.d = mean, var, mean.numel()
+        self._singular = bool((var == 0).any())
 
     @property
     def device(self):
@@ -440,16 +517,26 @@ class DiagonalGaussian:
         return DiagonalGaussian(sab * self.loc, v)
 
     def log_prob(self, x, lab=0.0):
-        _check_points(x, self.d)
+        """``log q_t(x)``; at ``lab = 0`` with zero variances, the limit: ``+inf`` on the support, ``-inf`` off it."""
+        _check_points(x, self.d, self.loc)
         sab, v = self._v(lab)
+        if self._singular and not bool((v > 0).all()):
+            off = ((x != sab * self.loc) & (v == 0)).any(-1)
+            return torch.where(off, -math.inf, math.inf).to(x.dtype)
         return -0.5 * (((x - sab * self.loc) ** 2 / v).sum(-1) + torch.log(v).sum() + self.d * LOG2PI)
 
     def score(self, x, lab=0.0):
-        _check_points(x, self.d)
+        """``-(x - sqrt(ab) m) / v``; at ``lab = 0`` along a zero variance, the limit: 0 on the support, +-inf
+        off it."""
+        _check_points(x, self.d, self.loc)
         sab, v = self._v(lab)
-        return -(x - sab * self.loc) / v
+        s = -(x - sab * self.loc) / v
+        if self._singular and not bool((v > 0).all()):
+            s = s.nan_to_num(nan=0.0, posinf=math.inf, neginf=-math.inf)
+        return s
 
     def score_jacobian(self, x, lab=0.0):
+        _check_points(x, self.d, self.loc)
         _, v = self._v(lab)
         return torch.diag(-1.0 / v).expand(x.shape[0], self.d, self.d)
 
@@ -461,11 +548,16 @@ class DiagonalGaussian:
 
     def posterior_x0(self, x, lab):
         """Mean ``(n, d)`` and (shared) diagonal variance ``(d,)`` of ``q(x_0 | x_t = x)``."""
+        _check_points(x, self.d, self.loc)
         sab, v = self._v(lab)
         mean = self.loc + self.var * sab * (x - sab * self.loc) / v
-        return mean, self.var * (1 - sab ** 2) / v
+        var = self.var * (1 - sab ** 2) / v
+        if self._singular and not bool((v > 0).all()):     # lab = 0 along a zero variance: x_0 = m there
+            mean, var = torch.where(v > 0, mean, self.loc), torch.where(v > 0, var, 0.0)
+        return mean, var
 
     def sample(self, n, lab=0.0, *, generator=None):
+        integer("n", n, lo=0)
         sab, v = self._v(lab)
         eps = torch.randn(n, self.d, dtype=torch.float64, device=self.device, generator=generator)
         return sab * self.loc + v.sqrt() * eps
