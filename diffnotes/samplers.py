@@ -326,14 +326,15 @@ SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "flow_ode": flow_ode, "accel_ode": accel
 
 def multistep_ode(score, x, schedule, *, alpha_factor=True, generator=None, stop=0, trajectory=False,
                   progress=False):
-    """The multistep reading of 002's "Scheme 2" display (one score evaluation per step): the score at the
+    """A multistep form of 002's accelerated ODE (one score evaluation per step): the score at the
     previous iterate ``Y_{t+1}`` replaces the extra evaluation at the midpoint ``Y_t^-`` of Theorem 2's eq. (2),
 
     ``Y_{t-1} = (Y_t + (1 - alpha_t)/2 s_t(Y_t) + (1 - alpha_t)^2 / (4 (1 - alpha_{t+1})) (s_t(Y_t) - f s_{t+1}(Y_{t+1})))
     / sqrt(alpha_t)``,
 
-    with ``f = sqrt(alpha_{t+1})`` ("Ours" display, ``alpha_factor=True``) or ``f = 1`` (the "Scheme 2" display as
-    printed, ``alpha_factor=False``).  The first step (no ``Y_{t+1}`` yet) is the flow-ODE step."""
+    with ``f = sqrt(alpha_{t+1})`` (the "Ours" update of 002, ``alpha_factor=True``) or ``f = 1``
+    (``alpha_factor=False``: an update that 002 never prints -- its "Scheme 2" line is the interpolation of the
+    score along the path, not an update -- and which chapter 02 finds to be first order).  The first step (no ``Y_{t+1}`` yet) is the flow-ODE step."""
     _check_alpha_factor(alpha_factor)
     sch = _setup(x, schedule, stop)
     lo = stop + 1
