@@ -126,7 +126,11 @@ def main(argv=None):
                    help="start from notebooks/params/<stem>.<size>.yml (ci: the notebook's own defaults)")
     r.add_argument("--out", default="runs", help="output folder (default: ./runs/<stem>)")
     r.add_argument("--list-params", action="store_true", help="list the parameters and exit")
+    from .exactbench import add_parser as exactbench_parser
+    exactbench_parser(sub)
     args = ap.parse_args(argv)
+    if args.cmd == "exactbench":
+        return args.func(args)
     try:
         path = resolve_notebook(args.notebook)
         if args.list_params:
