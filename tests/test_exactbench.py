@@ -174,3 +174,9 @@ def test_cli_scores_a_custom_sampler(tmp_path, monkeypatch, capsys):
     assert E.main(argparse.Namespace(sampler="mysampler:noisy", nfe=[10], d=3)) == 2
     assert "not an affine map" in capsys.readouterr().err
     assert E.main(argparse.Namespace(sampler="nomodule", nfe=[10], d=3)) == 2
+    capsys.readouterr()
+    # through the package's command line: python -m diffnotes exactbench module:callable --nfe ...
+    from diffnotes import cli
+    assert cli.main(["exactbench", "mysampler:ddim", "--nfe", "10", "--d", "2"]) == 0
+    assert "Gaussian d=2" in capsys.readouterr().out
+    assert cli.main(["exactbench", "mysampler:ddim", "--nfe", "0"]) == 2
