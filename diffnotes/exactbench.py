@@ -86,7 +86,12 @@ class EpsModel:
         exact posterior mean, so that it stays exact at ``alphabar = 0`` (``v = -E[x_0]``)."""
         lab = torch.as_tensor(lab, dtype=torch.float64).reshape(()).clamp_min(-700.0)
         eps = self(x, lab).to(torch.float64)
-        x0, _ = self.target.posterior_x0(x.to(torch.float64), lab)
+        if isinstance(self.target, (Gaussian, DiagonalGaussian)):
+            # affine posterior mean m + sqrt(ab) Sigma V^-1 (x - sqrt(ab) m) = m - sqrt(ab) Sigma s(x)
+            s, t = self._score(x.to(torch.float64), lab), self.target
+            x0 = t.loc - torch.exp(0.5 * lab) * (s * t.var if isinstance(t, DiagonalGaussian) else s @ t.cov)
+        else:
+            x0, _ = self.target.posterior_x0(x.to(torch.float64), lab)
         return (torch.exp(0.5 * lab) * eps - torch.sqrt(-torch.expm1(lab)) * x0).to(x.dtype)
 
     def reset(self):
