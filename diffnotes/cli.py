@@ -348,10 +348,14 @@ def main(argv=None):
     r.add_argument("--force", action="store_true", help="replace a non-empty run folder (its files are removed)")
     r.add_argument("--list-params", action="store_true", help="list the parameters and exit")
     from . import sweep
+    from .exactbench import add_parser as exactbench_parser
     sweep.add_parser(sub)
+    exactbench_parser(sub)
     args = ap.parse_args(argv)
     if args.cmd == "sweep":
         return sweep.main(args)
+    if args.cmd == "exactbench":
+        return args.func(args)
     try:
         path = resolve_notebook(args.notebook)
         if args.list_params:
