@@ -221,8 +221,8 @@ class Verdicts:
             raise ValueError(f"size must be one of {SIZES}, got {size!r}")
         self.chapter, self.title, self.size, self.records = chapter, title, size, []
 
-    def check(self, claim_id, *, document, claim, expected, test=None, data=None, foil=None, stated=None,
-              control=None, paper_fails=False, existence=False, decide="", note="", **legacy):
+    def check(self, claim_id, *, document, claim, expected, test, data, foil, stated, control=None,
+              paper_fails=False, existence=False, decide="", note=""):
         """Decide, record and assert one claim.
 
         document: e.g. ``"002, Theorem 1"``; claim: one line; expected: the document's figure or exponent;
@@ -232,10 +232,6 @@ class Verdicts:
         failed the same test too (also power); existence: an existence claim (unseen means inconclusive);
         decide: for an inconclusive outcome, what size would decide it.
         """
-        if test is None and "ok" in legacy:
-            return self._legacy(claim_id, document, claim, expected, note, **legacy)
-        if legacy:
-            raise TypeError(f"unexpected arguments {sorted(legacy)}")
         if isinstance(stated, dict):
             if self.size not in stated:
                 if self.size != "custom":
@@ -285,22 +281,6 @@ class Verdicts:
         if _strict():
             assert not problems, f"verdict {claim_id!r}: " + "; ".join(problems)
         # nothing returned (a returned record would echo as a raw dict under the card): see self.records[-1]
-
-    def _legacy(self, claim_id, document, claim, expected, note, *, measured, ok, tolerance, interval=None,
-                reproduced=True):
-        """The pre-foil form (``ok=``, ``tolerance=``), kept only until every chapter is converted: recorded
-        without a foil, shown as such on the results page."""
-        ok = bool(ok)
-        rec = {"chapter": self.chapter, "id": claim_id, "document": document, "claim": claim,
-               "expected": _plain(expected), "test": tolerance, "measured": _plain(measured),
-               "interval": _plain(interval), "interval_meaning": "", "detail": "", "passed": ok, "foil": None,
-               "control": None, "outcome": ("reproduced" if reproduced else "not reproduced") if ok else "failed",
-               "stated": None, "legacy": True, "agrees": ok, "problems": [], "note": note, "size": self.size}
-        self.records = [x for x in self.records if x["id"] != claim_id] + [rec]
-        self._write()
-        print(f"[{'PASS' if ok else 'FAIL'}] {document}: {claim}; measured {fmt(measured)}; test: {tolerance} "
-              f"(no foil yet)")
-        assert ok, f"verdict {claim_id!r} failed: measured {measured}, expected {expected} ({tolerance})"
 
     def _write(self):
         d = results_dir()

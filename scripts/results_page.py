@@ -59,7 +59,7 @@ def main():
                   "| document | claim | document's figure | pre-stated test | measured | foil (must fail) | outcome |",
                   "|---|---|---|---|---|---|---|"]
         for c in rec["claims"]:
-            f = c.get("foil") or {"name": "none yet", "passed": True}
+            f = c["foil"]
             meas = cell(c["measured"]) + (f" {cell(c['interval'])}" if c.get("interval") is not None else "")
             foil = f"{cell(f.get('name', ''))}: {cell(f.get('measured'))}, " + \
                 ("**passes (no power)**" if f.get("passed") else "fails")

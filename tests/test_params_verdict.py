@@ -121,9 +121,6 @@ def test_custom_test_forms():
         Test("x", lambda d: "yes")(1)
 
 
-def test_legacy_form_is_recorded_without_a_foil(V, tmp_path):
-    V.check("old", document="d", claim="c", expected=1, measured=1.0, ok=True, tolerance="t")
-    with pytest.raises(AssertionError):
-        V.check("old2", document="d", claim="c", expected=1, measured=1.0, ok=False, tolerance="t")
-    rec = json.loads((tmp_path / "99_test.json").read_text())
-    assert rec["claims"][0]["foil"] is None and rec["claims"][0]["legacy"] is True
+def test_every_call_needs_a_test_and_a_foil(V):
+    with pytest.raises(TypeError):
+        V.check("old", document="d", claim="c", expected=1, measured=1.0, ok=True, tolerance="t")
