@@ -327,7 +327,7 @@ def mc_kl(sampler_fn, target, nfe, n, *, generator=None, k=1, n_batches=20):
 # (clipping of the x_0 prediction to [-1, 1], for images) is turned off: clipped, the map is not affine.
 PACKAGE = {"ddim (package)": ("ddim", 1, "DDIM, first order"),
            "flow_ode (package)": ("flow_ode", 1, "002, Theorem 1: TV <~ d / T"),
-           "accel_ode (package)": ("accel_ode", 2, "002, Theorem 2: TV <~ d^6 / T^2"),
+           "accel_ode (package)": ("accel_ode", 2, "002, Theorem 2 (stated at t = 1; here at t = 0)"),
            "multistep_ode (package)": ("multistep_ode", 2, "002, multistep reading of Theorem 2")}
 DIFFUSERS = {
     "DDIM": ("DDIMScheduler", {"clip_sample": False}, 1, 1, "Song et al. 2021 (= DPM-Solver-1, Lu et al. 2022)"),

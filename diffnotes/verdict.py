@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["Verdicts", "SIZES", "Test", "Result", "Foil", "Control", "OUTCOMES", "results_dir",
-           "at_most", "at_least", "within", "below_interval", "rate", "power_law_curve"]
+           "at_most", "at_least", "within", "below_interval", "rate", "each", "power_law_curve"]
 
 OUTCOMES = ("reproduced", "not reproduced", "inconclusive")
 
@@ -69,6 +69,7 @@ class Result:
     interval: Any = None
     meaning: str = ""
     detail: str = ""
+    caveat: str = ""
 
 
 @dataclass
@@ -158,6 +159,10 @@ def rate(p, *, log_power=0.0, margin=0.125, top=3, kind="upper", quantity="error
     examined: the figure is its least-squares slope there, the interval is the range of its local (consecutive)
     slopes there -- an exact computation has no noise, so this interval shows curvature, not uncertainty.
 
+    With a log power, over a practical T range a plain ``T^(-p + 0.25)`` is hard to tell from ``T^-p (log T)^l``
+    (dividing by ``(log T)^l`` adds about ``l / log T`` to a slope): the result then carries a ``caveat`` saying so,
+    shown on the verdict card.
+
     ``kind="upper"`` (an upper bound): pass if every local slope over the top is <= ``-p + margin`` (the curve times
     ``T^p / (log T)^l`` does not grow faster than ``T^margin`` there).  ``kind="tight"`` (the rate is attained): pass if
     every local slope over the top lies within ``margin`` of ``-p``.  With the default margin 0.125, a curve whose
@@ -182,11 +187,33 @@ def rate(p, *, log_power=0.0, margin=0.125, top=3, kind="upper", quantity="error
         loc, lx, ly = _local_slopes(T, err, log_power)
         slope = _ls_slope(lx, ly)
         raw = _ls_slope(lx, [math.log(e) for e in err])
-        ok = all(s <= -p + margin for s in loc) if kind == "upper" else all(abs(s + p) <= margin for s in loc)
+        judge = (lambda ls: all(s <= -p + margin for s in ls)) if kind == "upper" else \
+            (lambda ls: all(abs(s + p) <= margin for s in ls))
+        ok = judge(loc)
+        caveat = ""
+        if log_power:
+            # does a plain power law, worse by 0.25 and without the log factor, pass the same test here?
+            plain = power_law_curve(T, err, -p + 0.25)
+            if judge(_local_slopes(*plain, log_power)[0]):
+                caveat = (f"over T = {T[0]:g}..{T[-1]:g} a plain T^{-p + 0.25:g} (no log factor) also passes: the "
+                          f"exponent is resolved only given the log power {log_power:g} (separating them needs "
+                          f"l / log T < {margin:g}, i.e. T > {math.exp(log_power / margin):.1e})")
         return Result(ok, round(slope, 4), (round(min(loc), 4), round(max(loc), 4)),
                       "range of local slopes over the top of the T range (exact: curvature, not uncertainty)",
-                      f"raw slope {raw:+.3f}, log-corrected slope {slope:+.3f} over T = {T[0]:g}..{T[-1]:g}")
+                      f"raw slope {raw:+.3f}, log-corrected slope {slope:+.3f} over T = {T[0]:g}..{T[-1]:g}", caveat)
     return Test(f"claim {quantity} = O(T^-{p:g}{lp}); {rule}", fn)
+
+
+def each(test):
+    """The same test on every series of a dict: passes when every series passes (figures, intervals per series;
+    the caveats of the series, if any, once each)."""
+    def fn(data):
+        rs = {k: test(v) for k, v in data.items()}
+        caveats = list(dict.fromkeys(r.caveat for r in rs.values() if r.caveat))
+        return Result(all(r.ok for r in rs.values()), {k: r.figure for k, r in rs.items()},
+                      {k: r.interval for k, r in rs.items()}, next(iter(rs.values())).meaning,
+                      "; ".join(f"{k}: {r.detail}" for k, r in rs.items()), "; ".join(caveats))
+    return Test(test.text + " (every series)", fn)
 
 
 def power_law_curve(T, err, exponent, log_power=0.0):
@@ -258,7 +285,7 @@ class Verdicts:
         rec = {"chapter": self.chapter, "id": claim_id, "document": document, "claim": claim,
                "expected": _plain(expected), "test": test.text,
                "measured": _plain(r.figure), "interval": _plain(r.interval), "interval_meaning": r.meaning,
-               "detail": r.detail, "passed": bool(r.ok),
+               "detail": r.detail, "caveat": r.caveat, "passed": bool(r.ok),
                "foil": {"name": foil.name, "margin": foil.margin, "measured": _plain(rf.figure),
                         "interval": _plain(rf.interval), "passed": bool(rf.ok)},
                "control": None if rc is None else {"name": control.name, "measured": _plain(rc.figure),
@@ -321,6 +348,8 @@ def card_html(rec):
         c = rec["control"]
         rows.append(("positive control", f"{e(c['name'])}: {e(fmt(c['measured']))} &rarr; "
                                          f"{'passes' if c['passed'] else 'fails'}"))
+    if rec.get("caveat"):
+        rows.append(("caveat", e(rec["caveat"])))
     if rec["decide"]:
         rows.append(("what would decide it", e(rec["decide"])))
     if rec["note"]:

@@ -45,7 +45,9 @@ def main():
              "variant that is wrong by a small, stated margin, which must fail (otherwise the test could not tell). "
              "The *outcome* is *reproduced* (the test passes), *not reproduced* (it fails, and a positive control "
              "or the paper-size run shows the test had the power to see the claim) or *inconclusive* (it fails "
-             "without that power; the chapter says what size would decide it).", ""]
+             "without that power; the chapter says what size would decide it). A rate with a log factor is judged with the "
+             "bound's log power; where a plain power law worse by 0.25 would pass the same test over the measured "
+             "range, the row says so.", ""]
     if not claims:
         lines += ["```{note}", "No verdict records yet: the chapters have not been executed in this build.", "```"]
     else:
@@ -66,6 +68,8 @@ def main():
             out = c.get("outcome", "?")
             out = {"reproduced": "reproduced", "not reproduced": "**not reproduced**",
                    "inconclusive": "*inconclusive*"}.get(out, out)
+            if c.get("caveat"):
+                out += " (caveat: the exponent is resolved only given the bound's log power; see the card)"
             if not c.get("agrees", True):
                 out += " (**disagrees with the text**)"
             lines.append("| " + " | ".join([cell(c["document"]), cell(c["claim"]), cell(c["expected"]),

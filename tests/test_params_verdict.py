@@ -124,3 +124,11 @@ def test_custom_test_forms():
 def test_every_call_needs_a_test_and_a_foil(V):
     with pytest.raises(TypeError):
         V.check("old", document="d", claim="c", expected=1, measured=1.0, ok=True, tolerance="t")
+
+
+def test_rate_caveat_when_the_log_factor_hides_the_exponent():
+    T = [400, 800, 1600]
+    c = power_law_curve(T, [1.0] * 3, -1, 2)
+    r = rate(1, log_power=2)(c)
+    assert r.ok and "plain T^-0.75" in r.caveat
+    assert rate(1)(power_law_curve(T, [1.0] * 3, -1)).caveat == ""
