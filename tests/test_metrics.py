@@ -149,3 +149,18 @@ def test_kl_gaussian_or_inf_is_inf_only_for_a_singular_law():
     assert abs(metrics.kl_gaussian_or_inf(p, q) - want) < 1e-12
     assert metrics.kl_gaussian_or_inf(sing, q) == math.inf
     assert metrics.kl_gaussian_or_inf(p, sing) == math.inf
+
+
+def test_knn_tree_equals_brute_force():
+    """The k-d tree and the brute-force neighbours give the same entropy (to rounding), whitened or not, k = 1, 3."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(3000, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 0.1, 4.0], dtype=torch.float64)
+    for k in (1, 3):
+        for w in (True, False):
+            a = float(metrics.knn_entropy(x, k=k, whiten=w, method="tree"))
+            b = float(metrics.knn_entropy(x, k=k, whiten=w, method="brute"))
+            assert a == pytest.approx(b, abs=1e-9)
+    with pytest.raises(ValueError, match="method"):
+        metrics.knn_entropy(x, method="kd")
+    with pytest.raises(ValueError, match="duplicate"):
+        metrics.knn_entropy(torch.cat([x[:50], x[:1]]), method="tree")
