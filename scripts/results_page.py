@@ -29,6 +29,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--results", default=str(ROOT / "_build" / "results"))
     ap.add_argument("--out", default=str(ROOT / "book" / "results.md"))
+    ap.add_argument("--paper", default=str(ROOT / "results" / "paper"),
+                    help="committed paper-size records (scripts/paper_records.py)")
     args = ap.parse_args()
     toc = (ROOT / "_toc.yml").read_text()
     files = sorted(Path(args.results).glob("*.json"))
@@ -38,6 +40,7 @@ def main():
     counts = {o: sum(c.get("outcome") == o for c in claims) for o in ("reproduced", "not reproduced", "inconclusive")}
     foils = sum(not (c.get("foil") or {}).get("passed", True) for c in claims)
     agree = sum(c.get("agrees", False) for c in claims)
+    paper = {json.loads(f.read_text())["chapter"]: json.loads(f.read_text()) for f in sorted(Path(args.paper).glob("*.json"))}
     lines = ["# Results at a glance", "",
              "One row per claim, collected from the verdict cells of the chapters as they executed for this build "
              "(`scripts/results_page.py` reads `_build/results/*.json`; nothing here is typed by hand). "
@@ -53,13 +56,20 @@ def main():
     else:
         lines += [f"**{len(claims)} claims: {counts['reproduced']} reproduced, {counts['not reproduced']} not "
                   f"reproduced, {counts['inconclusive']} inconclusive; {foils} of {len(claims)} foils fail the test "
-                  f"as they must; {agree} of {len(claims)} outcomes agree with the chapter's text.**", ""]
+                  f"as they must; {agree} of {len(claims)} outcomes agree with the chapter's text.**", "",
+                  "The *paper size* column comes from the committed records of paper-size runs made by "
+                  "`python -m diffnotes sweep --size paper` (`results/paper/<chapter>.json`, collected by "
+                  "`scripts/paper_records.py`, with the seeds, wall time, hardware and package commit of each run); "
+                  f"chapters with a paper-size record: {', '.join(sorted(paper)) or 'none yet'}. It gives the outcome "
+                  "over the seeds run and how many of them agree with the outcome the chapter's text states for the "
+                  "paper size.", ""]
     for rec in chapters:
         chapter = rec["chapter"]
         lines += [f"## {rec.get('title') or chapter}", "",
                   f"Chapter: {{doc}}`../notebooks/{chapter}`", "",
-                  "| document | claim | document's figure | pre-stated test | measured | foil (must fail) | outcome |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| document | claim | document's figure | pre-stated test | measured | foil (must fail) | outcome |"
+                  " paper size |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in rec["claims"]:
             f = c["foil"]
             meas = cell(c["measured"]) + (f" {cell(c['interval'])}" if c.get("interval") is not None else "")
@@ -72,8 +82,17 @@ def main():
                 out += " (caveat: the exponent is resolved only given the bound's log power; see the card)"
             if not c.get("agrees", True):
                 out += " (**disagrees with the text**)"
+            pc = paper.get(chapter, {}).get("claims", {}).get(c["id"])
+            if pc is None:
+                pap = "not run" if chapter not in paper else "no record"
+            else:
+                pap = ", ".join(f"{k} x{v}" for k, v in pc["outcome_counts"].items())
+                if pc.get("n"):
+                    pap += f" ({pc.get('agree', 0)} of {pc['n']} seeds agree with the text)"
+                if set(pc["outcome_counts"]) != {c.get("outcome")}:
+                    pap += "; **differs from CI size**"
             lines.append("| " + " | ".join([cell(c["document"]), cell(c["claim"]), cell(c["expected"]),
-                                             cell(c.get("test", "")), meas, foil, out]) + " |")
+                                             cell(c.get("test", "")), meas, foil, out, pap]) + " |")
         lines.append("")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out} from {len(files)} record(s), {len(claims)} claims")

@@ -1,0 +1,67 @@
+"""Collect a paper-size sweep into committed records: results/paper/<stem>.json, one per chapter.
+
+    python -m diffnotes sweep 01_pipeline 02_convergence --size paper --seeds 0:1 --out runs/paper
+    python scripts/paper_records.py runs/paper
+
+Each record holds what the sweep's runs say of themselves (size, parameters, seeds, wall time, host, hardware, the
+package commit) and, per verdict, the outcome of every seed, the measured figures, how many seeds agree with the
+outcome the chapter's text states for the paper size, and the aggregate of ``diffnotes.sweep`` (outcome counts,
+mean and standard error of the figure).  ``scripts/results_page.py`` puts them beside the CI-size outcomes.  The
+executed notebooks stay out of git (``runs/`` is ignored).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffnotes.sweep import aggregate  # noqa: E402
+
+
+def collect(out: Path, dest: Path) -> list[Path]:
+    written = []
+    for g in aggregate(out):
+        if g["params"].get("size") != "paper":
+            continue
+        stem = g["chapter"]
+        runs = [json.loads(f.read_text()) for f in sorted((out / stem).glob("*/run.json"))]
+        runs = [r for r in runs if r.get("size") == "paper"]
+        agree = {}
+        for folder in sorted(p.parent for p in (out / stem).glob("*/run.json")):
+            for rf in sorted((folder / "results").glob("*.json")):
+                for c in json.loads(rf.read_text())["claims"]:
+                    a = agree.setdefault(c["id"], {"agree": 0, "n": 0, "stated": c.get("stated")})
+                    a["n"] += 1
+                    a["agree"] += bool(c.get("agrees"))
+        for cid, cl in g["claims"].items():
+            cl.update(agree.get(cid, {}))
+        rec = {"chapter": stem, "size": "paper", "params": g["params"], "seeds": g["seeds"],
+               "failed_seeds": g["failed_seeds"],
+               "runs": [{k: r.get(k) for k in ("seed", "status", "wall_s", "started", "host", "hardware", "device",
+                                               "commit")} for r in runs],
+               "claims": g["claims"]}
+        dest.mkdir(parents=True, exist_ok=True)
+        path = dest / f"{stem}.json"
+        path.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+        written.append(path)
+    return written
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path, help="the sweep's --out folder")
+    ap.add_argument("--dest", type=Path, default=ROOT / "results" / "paper")
+    a = ap.parse_args(argv)
+    written = collect(a.out, a.dest)
+    if not written:
+        raise SystemExit(f"no paper-size runs in {a.out}")
+    for p in written:
+        print(f"wrote {p.relative_to(ROOT) if ROOT in p.parents else p}")
+
+
+if __name__ == "__main__":
+    main()
