@@ -378,8 +378,17 @@ def kde_logpdf(data, points, *, bandwidth="silverman"):
     L = h * L
     zd = torch.linalg.solve_triangular(L, data.T, upper=False).T
     zp = torch.linalg.solve_triangular(L, points.T, upper=False).T
+    # -|p - x|^2 / 2 = p.x - |x|^2 / 2 - |p|^2 / 2: one matrix product per chunk of points, then the row's largest
+    # term is taken out before exp (every term <= 1, the largest = 1: no overflow, underflow only of terms < 1e-308
+    # of it).  Three passes over the (chunk, n) block instead of cdist's six; the same numbers to ~1e-13.
+    half_x = 0.5 * (zd * zd).sum(1)
     c = _rows_per_chunk(n)
-    out = [torch.logsumexp(-0.5 * torch.cdist(zp[i:i + c], zd) ** 2, dim=1) for i in range(0, zp.shape[0], c)]
+    out = []
+    for i in range(0, zp.shape[0], c):
+        p = zp[i:i + c]
+        s = torch.addmm(half_x, p, zd.T, beta=-1.0)                # p.x - |x|^2 / 2
+        m = s.amax(1, keepdim=True)
+        out.append(torch.log(s.sub_(m).exp_().sum(1)) + m[:, 0] - 0.5 * (p * p).sum(1))
     return torch.cat(out) - math.log(n) - 0.5 * d * math.log(2 * math.pi) - torch.log(torch.diagonal(L)).sum()
 
 

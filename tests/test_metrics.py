@@ -127,6 +127,12 @@ def test_kde_against_scipy_and_its_smoothing_bias():
         assert torch.allclose(metrics.kde_logpdf(x, y, bandwidth=bw), ref, atol=1e-10)
     with pytest.raises(ValueError, match="bandwidth"):
         metrics.kde_logpdf(x, y, bandwidth=-1.0)
+    # far in the tails (the largest kernel term ~ e^-1000, far below float64's smallest number): still finite and
+    # equal to scipy's log-space evaluation, so the largest term is taken out before exp
+    far = torch.tensor([[40.0, -30.0, 60.0], [-25.0, 0.0, 0.0]], dtype=torch.float64)
+    ref = torch.as_tensor(gaussian_kde(x.numpy().T, bw_method="silverman").logpdf(far.numpy().T))
+    got = metrics.kde_logpdf(x, far)
+    assert torch.isfinite(got).all() and torch.allclose(got, ref, rtol=1e-9)
     # the KDE of N(m, C) is close to N(m, (1 + h^2) C): the plug-in KL(p || q_KDE) matches that closed form
     q = Gaussian(p.loc + 0.2, 1.3 * p.cov)
     n = 20000
