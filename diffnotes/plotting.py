@@ -65,13 +65,6 @@ class _Table:
 def table(header, rows, caption=""):
     """Show a table: rendered HTML in a notebook and in the book, aligned text elsewhere.  Floats print with four
     significant digits; pass strings to format a column yourself."""
+    from .verdict import show
     t = _Table(header, rows, caption)
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-        if get_ipython() is not None:
-            display(t)
-            return
-    except ImportError:  # pragma: no cover
-        pass
-    print(repr(t))
+    show(t, repr(t))

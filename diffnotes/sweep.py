@@ -139,8 +139,9 @@ def _number(v):
 
 
 def aggregate(out):
-    """Per chapter and parameter set (all but the seed), per verdict: outcome counts over the seeds and the
-    measured figure's mean and standard error (numbers only; other figures are listed)."""
+    """Per chapter and parameter set (all but the seed), per verdict: outcome counts over the seeds, how many seeds'
+    outcomes agree with the one the chapter's text states (``agree`` of ``n``), and the measured figure's mean and
+    standard error (numbers only; other figures are listed)."""
     groups = {}
     for f in sorted(Path(out).glob("*/*/run.json")):
         rec = json.loads(f.read_text())
@@ -154,18 +155,21 @@ def aggregate(out):
         for rf in sorted((f.parent / "results").glob("*.json")):
             for c in json.loads(rf.read_text())["claims"]:
                 cl = g["claims"].setdefault(c["id"], {"document": c.get("document"), "claim": c.get("claim"),
-                                                      "seeds": [], "outcomes": [], "measured": []})
+                                                      "stated": c.get("stated"), "seeds": [], "outcomes": [],
+                                                      "measured": [], "agrees": []})
                 cl["seeds"].append(rec["seed"])
                 cl["outcomes"].append(c["outcome"])
                 cl["measured"].append(c.get("measured"))
+                cl["agrees"].append(bool(c.get("agrees")))
     result = []
     for g in groups.values():
         g["seeds"] = sorted(g["seeds"])
         g["failed_seeds"] = sorted(g["failed_seeds"])
         for cl in g["claims"].values():
             idx = sorted(range(len(cl["seeds"])), key=lambda i: cl["seeds"][i])
-            for k in ("seeds", "outcomes", "measured"):
+            for k in ("seeds", "outcomes", "measured", "agrees"):
                 cl[k] = [cl[k][i] for i in idx]
+            cl["agree"] = sum(cl["agrees"])         # seeds whose outcome is the one the chapter's text states
             cl["outcome_counts"] = dict(sorted(Counter(cl["outcomes"]).items()))
             xs = [float(x) for x in cl["measured"] if _number(x)]
             n = len(xs)

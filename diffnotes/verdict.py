@@ -390,13 +390,18 @@ class _Card:
         return card_text(self.rec)
 
 
-def _show(rec):
+def show(obj, text):
+    """Display ``obj`` (its ``_repr_html_``) in IPython (a notebook, the book), else print ``text``."""
     try:
         from IPython import get_ipython
         from IPython.display import display
         if get_ipython() is not None:
-            display(_Card(rec))
+            display(obj)
             return
     except ImportError:  # pragma: no cover
         pass
-    print(card_text(rec))
+    print(text)
+
+
+def _show(rec):
+    show(_Card(rec), card_text(rec))

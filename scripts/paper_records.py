@@ -22,7 +22,17 @@ sys.path.insert(0, str(ROOT))
 from diffnotes.sweep import aggregate  # noqa: E402
 
 
-def collect(out: Path, dest: Path) -> list[Path]:
+def documented(stem, params):
+    """Whether ``params`` (all but the seed) are the chapter's documented paper size, ``notebooks/params/<stem>.paper.yml``
+    over the notebook's defaults; else the names that differ."""
+    import yaml
+    f = ROOT / "notebooks" / "params" / f"{stem}.paper.yml"
+    paper = yaml.safe_load(f.read_text()) if f.exists() else {}
+    diff = sorted(k for k, v in paper.items() if params.get(k) != v)
+    return not diff, diff
+
+
+def collect(out: Path, dest: Path, note: str = "") -> list[Path]:
     written = []
     for g in aggregate(out):
         if g["params"].get("size") != "paper":
@@ -30,16 +40,9 @@ def collect(out: Path, dest: Path) -> list[Path]:
         stem = g["chapter"]
         runs = [json.loads(f.read_text()) for f in sorted((out / stem).glob("*/run.json"))]
         runs = [r for r in runs if r.get("size") == "paper"]
-        agree = {}
-        for folder in sorted(p.parent for p in (out / stem).glob("*/run.json")):
-            for rf in sorted((folder / "results").glob("*.json")):
-                for c in json.loads(rf.read_text())["claims"]:
-                    a = agree.setdefault(c["id"], {"agree": 0, "n": 0, "stated": c.get("stated")})
-                    a["n"] += 1
-                    a["agree"] += bool(c.get("agrees"))
-        for cid, cl in g["claims"].items():
-            cl.update(agree.get(cid, {}))
-        rec = {"chapter": stem, "size": "paper", "params": g["params"], "seeds": g["seeds"],
+        full, diff = documented(stem, g["params"])
+        rec = {"chapter": stem, "size": "paper", "documented_paper_size": full, "differs_in": diff, "note": note,
+               "params": g["params"], "seeds": g["seeds"],
                "failed_seeds": g["failed_seeds"],
                "runs": [{k: r.get(k) for k in ("seed", "status", "wall_s", "started", "host", "hardware", "device",
                                                "commit")} for r in runs],
@@ -55,8 +58,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="the sweep's --out folder")
     ap.add_argument("--dest", type=Path, default=ROOT / "results" / "paper")
+    ap.add_argument("--note", default="", help="what the record is, where it is not the documented paper size "
+                                               "(e.g. which parameters were reduced and why)")
     a = ap.parse_args(argv)
-    written = collect(a.out, a.dest)
+    written = collect(a.out, a.dest, a.note)
     if not written:
         raise SystemExit(f"no paper-size runs in {a.out}")
     for p in written:

@@ -8,21 +8,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffnotes.verdict import fmt  # noqa: E402
 
 
 def cell(v):
-    if v is None:
-        return ""
-    if isinstance(v, dict):
-        v = ", ".join(f"{k}: {cell(u)}" for k, u in v.items())
-    elif isinstance(v, float):
-        v = f"{v:.4g}"
-    elif isinstance(v, (list, tuple)):
-        v = "[" + ", ".join(cell(u) for u in v) + "]"
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    """A figure for a markdown table cell: :func:`diffnotes.verdict.fmt`, with ``|`` escaped (None: empty)."""
+    return "" if v is None else fmt(v).replace("|", "\\|").replace("\n", " ")
+
+
+def machine(hw):
+    if not isinstance(hw, dict):
+        return str(hw)
+    return (f"{hw.get('cores', '?')} CPU cores ({hw.get('cpu', '?')})" + (f", GPU {hw['gpu']}" if hw.get("gpu") else "")
+            + f", torch {hw.get('torch', '?')}")
+
+
+def paper_line(p):
+    """One line on a chapter's paper-size record: seeds, wall time, machine, commit, and whether it is the documented
+    paper size (else what differs, and why)."""
+    runs = [r for r in p.get("runs", []) if r.get("status") == "ok"]
+    wall = ", ".join(f"{r['wall_s']:.0f} s" for r in runs if r.get("wall_s") is not None)
+    commits = sorted({str(r.get("commit"))[:7] for r in runs})
+    hw = sorted({machine(r.get("hardware")) for r in runs})
+    size = ("the documented paper size (`notebooks/params/" + p["chapter"] + ".paper.yml`)"
+            if p.get("documented_paper_size", True) else
+            "**not the documented paper size**: it differs in " + ", ".join(f"`{k}`" for k in p.get("differs_in", [])))
+    line = (f"Paper-size record: {len(p.get('seeds', []))} seed(s) {p.get('seeds')}, wall time {wall or 'n/a'} per run, "
+            f"{'; '.join(hw)}, package commit {', '.join(commits)}; {size}.")
+    if p.get("failed_seeds"):
+        line += f" Failed seeds: {p['failed_seeds']}."
+    if p.get("note"):
+        line += " " + p["note"]
+    return line
 
 
 def main():
@@ -63,10 +86,22 @@ def main():
                   f"chapters with a paper-size record: {', '.join(sorted(paper)) or 'none yet'}. It gives the outcome "
                   "over the seeds run and how many of them agree with the outcome the chapter's text states for the "
                   "paper size.", ""]
+    differ = [(rec["chapter"], c["id"], c.get("outcome"), paper[rec["chapter"]]["claims"][c["id"]]["outcome_counts"])
+              for rec in chapters for c in rec["claims"]
+              if c["id"] in paper.get(rec["chapter"], {}).get("claims", {})
+              and set(paper[rec["chapter"]]["claims"][c["id"]]["outcome_counts"]) != {c.get("outcome")}]
+    if paper:
+        lines += ["**Claims whose outcome differs between CI size and paper size** (each chapter discusses its own): "
+                  + ("; ".join(f"{ch} `{cid}`: {o} at CI size, "
+                               + ", ".join(f"{k} x{v}" for k, v in pc.items()) + " at paper size"
+                               for ch, cid, o, pc in differ) if differ else "none") + ".", ""]
     for rec in chapters:
         chapter = rec["chapter"]
         lines += [f"## {rec.get('title') or chapter}", "",
-                  f"Chapter: {{doc}}`../notebooks/{chapter}`", "",
+                  f"Chapter: {{doc}}`../notebooks/{chapter}`", ""]
+        if chapter in paper:
+            lines += [paper_line(paper[chapter]), ""]
+        lines += [
                   "| document | claim | document's figure | pre-stated test | measured | foil (must fail) | outcome |"
                   " paper size |",
                   "|---|---|---|---|---|---|---|---|"]

@@ -30,6 +30,8 @@ def test_paper_records_and_the_results_column(tmp_path):
     assert rec["claims"]["x"]["outcome_counts"] == {"reproduced": 2} and rec["claims"]["x"]["agree"] == 2
     assert rec["claims"]["y"]["outcome_counts"] == {"inconclusive": 1, "reproduced": 1}
     assert rec["claims"]["y"]["agree"] == 1 and rec["claims"]["x"]["mean"] == 1.5
+    # these runs set only the size: not the documented paper size, and the record says which parameters differ
+    assert rec["documented_paper_size"] is False and "T_grid" in rec["differs_in"]
     # the results page: CI-size record beside the paper-size one
     ci = tmp_path / "ci"
     ci.mkdir()
@@ -43,5 +45,7 @@ def test_paper_records_and_the_results_column(tmp_path):
     text = page.read_text()
     row_x = next(line for line in text.splitlines() if line.startswith("| d | c") and "reproduced x2" in line)
     assert "2 of 2 seeds agree" in row_x and "differs" not in row_x
-    row_y = next(line for line in text.splitlines() if "inconclusive x1" in line)
+    row_y = next(line for line in text.splitlines() if line.startswith("| d | c") and "inconclusive x1" in line)
     assert "**differs from CI size**" in row_y
+    assert "`y`: reproduced at CI size, inconclusive x1, reproduced x1 at paper size" in text
+    assert "**not the documented paper size**: it differs in `T_grid`" in text and "2 seed(s) [0, 1]" in text
