@@ -117,3 +117,21 @@ def test_a_real_run_lands_where_it_says_with_cell_timing(tmp_path, monkeypatch, 
     assert run["status"] == "ok" and run["wall_s"] > 0 and run["host"] and run["figures"] >= 1
     assert (folder / "01_pipeline.out.ipynb").is_file() and not list(cli.NOTEBOOKS.rglob("runs"))
     assert "cell  1/" in err and " s  import" in err
+
+
+@pytest.mark.parametrize("stem", sorted(p.stem for p in cli.NOTEBOOKS.glob("*.md")))
+def test_papermill_sees_every_parameter(stem, caplog):
+    """papermill's own inspector (`papermill --help-notebook`, and its "Passed unknown parameter" warning) parses
+    the parameters cell line by line and gives up on a line with more than one '=': every parameter must be
+    visible to it, or a papermill user gets a false warning for a real parameter."""
+    import logging
+
+    import jupytext
+    from papermill.translators import PythonTranslator
+
+    path = cli.NOTEBOOKS / f"{stem}.md"
+    cell = next(c for c in jupytext.read(path).cells if "parameters" in c.metadata.get("tags", []))
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        seen = {p.name for p in PythonTranslator.inspect(cell)}
+    assert seen == set(cli.read_parameters(path)), set(cli.read_parameters(path)) ^ seen
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
