@@ -3,6 +3,10 @@
     python -m diffnotes sweep 01_pipeline 02_convergence --size paper --seeds 0:1 --out runs/paper
     python scripts/paper_records.py runs/paper
 
+With ``--replicates`` it collects runs of size ``custom`` instead (``results/replicates/<stem>.json``): replicate
+seeds of the sections whose verdicts depend on the draw, at those sections' paper-size parameters, where the whole
+chapter at paper size cannot be run that many times (the record lists the parameters that differ and a note).
+
 Each record holds what the sweep's runs say of themselves (size, parameters, seeds, wall time, host, hardware, the
 package commit) and, per verdict, the outcome of every seed, the measured figures, how many seeds agree with the
 outcome the chapter's text states for the paper size, and the aggregate of ``diffnotes.sweep`` (outcome counts,
@@ -32,16 +36,16 @@ def documented(stem, params):
     return not diff, diff
 
 
-def collect(out: Path, dest: Path, note: str = "") -> list[Path]:
+def collect(out: Path, dest: Path, note: str = "", size: str = "paper") -> list[Path]:
     written = []
     for g in aggregate(out):
-        if g["params"].get("size") != "paper":
+        if g["params"].get("size") != size:
             continue
         stem = g["chapter"]
         runs = [json.loads(f.read_text()) for f in sorted((out / stem).glob("*/run.json"))]
-        runs = [r for r in runs if r.get("size") == "paper"]
+        runs = [r for r in runs if r.get("size") == size]
         full, diff = documented(stem, g["params"])
-        rec = {"chapter": stem, "size": "paper", "documented_paper_size": full, "differs_in": diff, "note": note,
+        rec = {"chapter": stem, "size": size, "documented_paper_size": full, "differs_in": diff, "note": note,
                "params": g["params"], "seeds": g["seeds"],
                "failed_seeds": g["failed_seeds"],
                "runs": [{k: r.get(k) for k in ("seed", "status", "wall_s", "started", "host", "hardware", "device",
@@ -60,10 +64,16 @@ def main(argv=None):
     ap.add_argument("--dest", type=Path, default=ROOT / "results" / "paper")
     ap.add_argument("--note", default="", help="what the record is, where it is not the documented paper size "
                                                "(e.g. which parameters were reduced and why)")
+    ap.add_argument("--replicates", action="store_true",
+                    help="collect runs of size 'custom' (the paper size of some sections, e.g. 8 seeds of chapter "
+                         "04's SMC sections) into results/replicates/<stem>.json, shown beside the paper-size record")
     a = ap.parse_args(argv)
-    written = collect(a.out, a.dest, a.note)
+    if a.replicates and a.dest == ROOT / "results" / "paper":
+        a.dest = ROOT / "results" / "replicates"
+    size = "custom" if a.replicates else "paper"
+    written = collect(a.out, a.dest, a.note, size)
     if not written:
-        raise SystemExit(f"no paper-size runs in {a.out}")
+        raise SystemExit(f"no runs of size {size!r} in {a.out}")
     for p in written:
         print(f"wrote {p.relative_to(ROOT) if ROOT in p.parents else p}")
 

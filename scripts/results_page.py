@@ -52,6 +52,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--results", default=str(ROOT / "_build" / "results"))
     ap.add_argument("--out", default=str(ROOT / "book" / "results.md"))
+    ap.add_argument("--replicates", default=str(ROOT / "results" / "replicates"),
+                    help="committed replicate records (scripts/paper_records.py --replicates)")
     ap.add_argument("--paper", default=str(ROOT / "results" / "paper"),
                     help="committed paper-size records (scripts/paper_records.py)")
     args = ap.parse_args()
@@ -64,6 +66,8 @@ def main():
     foils = sum(not (c.get("foil") or {}).get("passed", True) for c in claims)
     agree = sum(c.get("agrees", False) for c in claims)
     paper = {json.loads(f.read_text())["chapter"]: json.loads(f.read_text()) for f in sorted(Path(args.paper).glob("*.json"))}
+    reps = {json.loads(f.read_text())["chapter"]: json.loads(f.read_text())
+            for f in sorted(Path(args.replicates).glob("*.json"))}
     lines = ["# Results at a glance", "",
              "One row per claim, collected from the verdict cells of the chapters as they executed for this build "
              "(`scripts/results_page.py` reads `_build/results/*.json`; nothing here is typed by hand). "
@@ -101,6 +105,8 @@ def main():
                   f"Chapter: {{doc}}`../notebooks/{chapter}`", ""]
         if chapter in paper:
             lines += [paper_line(paper[chapter]), ""]
+        if chapter in reps:
+            lines += ["Replicates: " + paper_line(reps[chapter]).replace("Paper-size record: ", "", 1), ""]
         lines += [
                   "| document | claim | document's figure | pre-stated test | measured | foil (must fail) | outcome |"
                   " paper size |",
@@ -126,6 +132,12 @@ def main():
                     pap += f" ({pc.get('agree', 0)} of {pc['n']} seeds agree with the text)"
                 if set(pc["outcome_counts"]) != {c.get("outcome")}:
                     pap += "; **differs from CI size**"
+            rc = reps.get(chapter, {}).get("claims", {}).get(c["id"])
+            if rc is not None and rc.get("n", 0) > 1:
+                pap += ("; **replicates**: " + ", ".join(f"{k} x{v}" for k, v in rc["outcome_counts"].items())
+                        + f" over {rc['n']} seeds ({rc.get('agree', 0)} agree with the text)"
+                        + (f", measured {cell(rc['mean'])} ± {cell(rc['se'])} (mean ± s.e.)"
+                           if rc.get("mean") is not None and rc.get("se") is not None else ""))
             lines.append("| " + " | ".join([cell(c["document"]), cell(c["claim"]), cell(c["expected"]),
                                              cell(c.get("test", "")), meas, foil, out, pap]) + " |")
         lines.append("")

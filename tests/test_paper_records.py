@@ -49,3 +49,27 @@ def test_paper_records_and_the_results_column(tmp_path):
     assert "**differs from CI size**" in row_y
     assert "`y`: reproduced at CI size, inconclusive x1, reproduced x1 at paper size" in text
     assert "**not the documented paper size**: it differs in `T_grid`" in text and "2 seed(s) [0, 1]" in text
+
+
+def test_replicate_records_beside_the_paper_column(tmp_path):
+    out = tmp_path / "sweep"
+    for seed in range(3):
+        _run(out / "01_pipeline" / f"r{seed}", seed, "custom", {"x": "reproduced"}, [True])
+    dest = tmp_path / "replicates"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "paper_records.py"), str(out), "--replicates", "--dest",
+                    str(dest), "--note", "SMC sections only"], check=True, capture_output=True)
+    rec = json.loads((dest / "01_pipeline.json").read_text())
+    assert rec["size"] == "custom" and rec["seeds"] == [0, 1, 2] and rec["note"] == "SMC sections only"
+    assert rec["claims"]["x"]["mean"] == 2.0 and rec["claims"]["x"]["agree"] == 3
+    ci = tmp_path / "ci"
+    ci.mkdir()
+    (ci / "01_pipeline.json").write_text(json.dumps({"chapter": "01_pipeline", "title": "t", "claims": [
+        {"id": "x", "document": "d", "claim": "c", "expected": 1, "test": "t", "measured": 1.0, "interval": None,
+         "foil": {"name": "f", "measured": 2.0, "passed": False}, "outcome": "reproduced", "agrees": True}]}))
+    page = tmp_path / "results.md"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "results_page.py"), "--results", str(ci), "--out",
+                    str(page), "--paper", str(tmp_path / "none"), "--replicates", str(dest)], check=True,
+                   capture_output=True)
+    text = page.read_text()
+    assert "**replicates**: reproduced x3 over 3 seeds (3 agree with the text), measured 2 ± 0.5774" in text
+    assert "Replicates: 3 seed(s) [0, 1, 2]" in text and "SMC sections only" in text
