@@ -10,6 +10,11 @@ STAMP  := $(VENV)/.installed
 export MPLBACKEND      := module://matplotlib_inline.backend_inline
 export PYTHONHASHSEED  := 0
 export OMP_NUM_THREADS := 2
+# glibc's allocator keeps freed blocks up to 32 MiB instead of unmapping them (diffnotes/cli.py, MALLOC_ENV): without
+# it a loop over large tensors spends much of its time in page faults
+export MALLOC_MMAP_THRESHOLD_ := 33554432
+export MALLOC_TRIM_THRESHOLD_ := 1073741824
+export MALLOC_TOP_PAD_        := 67108864
 # The venv's own "python3" kernelspec comes first, so every notebook runs in the venv.
 export JUPYTER_PATH    := $(CURDIR)/$(VENV)/share/jupyter
 export PATH            := $(CURDIR)/$(BIN):$(PATH)

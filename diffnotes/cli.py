@@ -33,7 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 # The environment of every kernel that `run` and `sweep` start: verdicts are recorded, not asserted (a rerun at
 # another size may legitimately differ from the chapter's text), and figures reach the executed notebook.
-RUN_ENV = {"DIFFNOTES_STRICT": "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+# glibc's allocator: blocks up to 32 MiB (its largest mmap threshold) come from the heap, which is kept rather than
+# returned to the system after each free.  By default a freed tensor of a few MiB is unmapped and the next one mapped
+# and zero-filled again page by page: at paper size (200k chains, 600 x 600 kernels) that was up to half of a run's
+# CPU time in the kernel (page faults), e.g. 562,348 faults and a 17x longer step loop in chapter 02 on a busy machine.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20), "MALLOC_TRIM_THRESHOLD_": str(2 ** 30),
+              "MALLOC_TOP_PAD_": str(64 * 2 ** 20)}
+RUN_ENV = {"DIFFNOTES_STRICT": "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline", **MALLOC_ENV}
 SIZE_KEEPING = {"seed", "device", "size"}   # overriding these keeps the run's size; any other makes it "custom"
 
 

@@ -135,3 +135,34 @@ def test_papermill_sees_every_parameter(stem, caplog):
         seen = {p.name for p in PythonTranslator.inspect(cell)}
     assert seen == set(cli.read_parameters(path)), set(cli.read_parameters(path)) ^ seen
     assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+
+
+def test_kernels_keep_freed_blocks_instead_of_page_faulting():
+    """RUN_ENV's glibc settings: chapter 02's grid-law loop (600 x 600 kernels a step) page-faults about once per
+    4 KiB of every step's temporaries without them (freed blocks unmapped or trimmed, then mapped and zero-filled
+    again) and hardly at all with them."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import resource, torch\n"
+            "from diffnotes import convergence as C, schedules as sc\n"
+            "from diffnotes.targets import GaussianMixture\n"
+            "mix = GaussianMixture(torch.tensor([0.6, 0.4]), torch.tensor([[-1.0], [1.5]]),\n"
+            "                      torch.tensor([[[0.15]], [[0.05]]]))\n"
+            "xs = torch.linspace(-7, 7, 600, dtype=torch.float64)\n"
+            "C.stochastic_mixture_errors('ddpm', mix, sc.theory(20, 1.0, 6.0), xs)\n"
+            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "C.stochastic_mixture_errors('ddpm', mix, sc.theory(200, 1.0, 6.0), xs)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)\n")
+
+    def faults(extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "1", **extra},
+                             capture_output=True, text=True, check=True, cwd=cli.ROOT)
+        return int(out.stdout)
+
+    plain, kept = faults({}), faults(cli.MALLOC_ENV)
+    assert plain > 200 * 100, plain              # hundreds of faults per step
+    assert kept < 0.1 * plain, (plain, kept)
+    assert all(cli.RUN_ENV[k] == v for k, v in cli.MALLOC_ENV.items())
