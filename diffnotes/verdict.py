@@ -309,6 +309,50 @@ class Verdicts:
             assert not problems, f"verdict {claim_id!r}: " + "; ".join(problems)
         # nothing returned (a returned record would echo as a raw dict under the card): see self.records[-1]
 
+    def compare_paper(self, root=None):
+        """Show this run's outcomes beside the committed paper-size record (``results/paper/<chapter>.json``, made
+        by ``python -m diffnotes sweep --size paper`` and ``scripts/paper_records.py``) and any replicate record
+        (``results/replicates/<chapter>.json``); return the ids whose paper-size outcome differs from this run's."""
+        from .plotting import table
+        root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+        recs = {}
+        for kind in ("paper", "replicates"):
+            f = root / "results" / kind / f"{self.chapter}.json"
+            recs[kind] = json.loads(f.read_text()) if f.exists() else None
+        paper = recs["paper"]
+        if paper is None:
+            print(f"No paper-size record of {self.chapter} yet (results/paper/{self.chapter}.json).")
+            return []
+
+        def counts(c):
+            if c is None:
+                return "no record"
+            return (", ".join(f"{k} x{v}" for k, v in c["outcome_counts"].items())
+                    + f" ({c.get('agree', 0)} of {c.get('n', 0)} agree with the text)"
+                    + (f"; measured {fmt(c['mean'])} ± {fmt(c['se'])}" if c.get("se") is not None else
+                       f"; measured {fmt(c['measured'][0])}" if c.get("measured") else ""))
+
+        rows, differ = [], []
+        for r in self.records:
+            pc = paper["claims"].get(r["id"])
+            diff = pc is not None and set(pc["outcome_counts"]) != {r["outcome"]}
+            differ += [r["id"]] * diff
+            row = [r["id"], f"{r['outcome']} (measured {fmt(r['measured'])})", counts(pc), "yes" if diff else ""]
+            if recs["replicates"] is not None:
+                row.insert(3, counts(recs["replicates"]["claims"].get(r["id"])))
+            rows.append(row)
+        seeds, walls = paper.get("seeds", []), [x.get("wall_s") for x in paper.get("runs", []) if x.get("wall_s")]
+        cap = (f"This run ({self.size} size) beside the committed paper-size record: {len(seeds)} seed(s), "
+               + (f"{max(walls) / 60:.0f} min a run, " if walls else "")
+               + ("the documented paper size" if paper.get("documented_paper_size", True) else
+                  "not the documented paper size (differs in " + ", ".join(paper.get("differs_in", [])) + ")")
+               + (f". {paper['note']}" if paper.get("note") else ""))
+        head = ["claim", f"this run ({self.size})", "paper size"]
+        if recs["replicates"] is not None:
+            head.append(f"replicates ({len(recs['replicates'].get('seeds', []))} seeds)")
+        table(head + ["differs"], rows, cap)
+        return differ
+
     def _write(self):
         d = results_dir()
         d.mkdir(parents=True, exist_ok=True)

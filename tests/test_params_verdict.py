@@ -132,3 +132,24 @@ def test_rate_caveat_when_the_log_factor_hides_the_exponent():
     r = rate(1, log_power=2)(c)
     assert r.ok and "plain T^-0.75" in r.caveat
     assert rate(1)(power_law_curve(T, [1.0] * 3, -1)).caveat == ""
+
+
+def test_compare_paper_flags_the_claims_whose_paper_outcome_differs(tmp_path, capsys):
+    import json
+
+    from diffnotes import verdict
+    (tmp_path / "results" / "paper").mkdir(parents=True)
+    claims = {"a": {"outcome_counts": {"reproduced": 2}, "agree": 2, "n": 2, "mean": 1.0, "se": 0.1},
+              "b": {"outcome_counts": {"inconclusive": 1, "reproduced": 1}, "agree": 1, "n": 2, "measured": [1, 2]}}
+    (tmp_path / "results" / "paper" / "ch.json").write_text(json.dumps(
+        {"chapter": "ch", "seeds": [0, 1], "runs": [{"wall_s": 120.0}], "claims": claims}))
+    V = verdict.Verdicts("ch", "t", "ci")
+    V.records = [{"id": "a", "outcome": "reproduced", "measured": 1.1},
+                 {"id": "b", "outcome": "reproduced", "measured": 1.0},
+                 {"id": "c", "outcome": "inconclusive", "measured": 0.0}]
+    assert V.compare_paper(root=tmp_path) == ["b"]
+    out = capsys.readouterr().out
+    assert "2 seed(s), 2 min a run" in out and "reproduced x2 (2 of 2 agree with the text); measured 1 ± 0.1" in out
+    assert "no record" in out
+    assert verdict.Verdicts("other", "t", "ci").compare_paper(root=tmp_path) == []
+    assert "No paper-size record of other" in capsys.readouterr().out
