@@ -357,6 +357,28 @@ def kl_knn(x, logp, *, k=1, n_batches=20, whiten=True, method="tree"):
     return full, b.std() / math.sqrt(n_batches), b.mean() - full
 
 
+def logsumexp_gauss(x, centres, var=1.0):
+    """``log sum_j exp(-|x_i - c_j|^2 / (2 var))`` for every row ``x_i`` of ``x`` (``(m, d)``) over the rows ``c_j``
+    of ``centres`` (``(n, d)``): the core of a Gaussian kernel sum, exact (every term), O(m n d).
+
+    ``-|x - c|^2 / 2 = x.c - |c|^2 / 2 - |x|^2 / 2``: one matrix product per chunk of ``x``, then the row's largest
+    term is taken out before exp (every term <= 1, the largest = 1: no overflow; underflow only of terms below
+    1e-308 of the largest).  Three passes over each (chunk, n) block, against six for ``torch.cdist`` followed by
+    ``logsumexp``: about 4x faster, the same numbers to ~1e-13 (a test against scipy, also far in the tails)."""
+    if not isinstance(var, (int, float)) or isinstance(var, bool) or not var > 0 or not math.isfinite(var):
+        raise ValueError(f"var must be a finite number > 0, got {var!r}")
+    z, c = x / math.sqrt(var), centres / math.sqrt(var)
+    half_c = 0.5 * (c * c).sum(1)
+    k = _rows_per_chunk(c.shape[0])
+    out = []
+    for i in range(0, z.shape[0], k):
+        p = z[i:i + k]
+        s = torch.addmm(half_c, p, c.T, beta=-1.0)                 # p.c - |c|^2 / 2
+        m = s.amax(1, keepdim=True)
+        out.append(torch.log(s.sub_(m).exp_().sum(1)) + m[:, 0] - 0.5 * (p * p).sum(1))
+    return torch.cat(out)
+
+
 def kde_logpdf(data, points, *, bandwidth="silverman"):
     """Log-density at ``points`` of the Gaussian kernel density estimate of ``data`` with kernel covariance
     ``h^2 Cov(data)``, ``h = (n (d + 2) / 4)^{-1/(d + 4)}`` (``"silverman"``) or ``n^{-1/(d + 4)}``
@@ -378,18 +400,7 @@ def kde_logpdf(data, points, *, bandwidth="silverman"):
     L = h * L
     zd = torch.linalg.solve_triangular(L, data.T, upper=False).T
     zp = torch.linalg.solve_triangular(L, points.T, upper=False).T
-    # -|p - x|^2 / 2 = p.x - |x|^2 / 2 - |p|^2 / 2: one matrix product per chunk of points, then the row's largest
-    # term is taken out before exp (every term <= 1, the largest = 1: no overflow, underflow only of terms < 1e-308
-    # of it).  Three passes over the (chunk, n) block instead of cdist's six; the same numbers to ~1e-13.
-    half_x = 0.5 * (zd * zd).sum(1)
-    c = _rows_per_chunk(n)
-    out = []
-    for i in range(0, zp.shape[0], c):
-        p = zp[i:i + c]
-        s = torch.addmm(half_x, p, zd.T, beta=-1.0)                # p.x - |x|^2 / 2
-        m = s.amax(1, keepdim=True)
-        out.append(torch.log(s.sub_(m).exp_().sum(1)) + m[:, 0] - 0.5 * (p * p).sum(1))
-    return torch.cat(out) - math.log(n) - 0.5 * d * math.log(2 * math.pi) - torch.log(torch.diagonal(L)).sum()
+    return logsumexp_gauss(zp, zd) - math.log(n) - 0.5 * d * math.log(2 * math.pi) - torch.log(torch.diagonal(L)).sum()
 
 
 def kl_kde(y, logp_y, x, *, bandwidth="silverman"):

@@ -387,15 +387,12 @@ def row_space_target(prior, H, y, sigma_y):
 
 
 # ---- KL(target || sampler) on a mixture: exact last kernel, Monte Carlo over x_1 ---------------------------------
-def last_kernel_logdensity(x, mean1, var1, *, chunk=256):
+def last_kernel_logdensity(x, mean1, var1):
     """``log (1/M) sum_j N(x; mean1_j, var1 I)``: an estimate of the sampler's density at ``x`` from ``M`` draws of
     ``x_1`` (``mean1_j`` = the sampler's last-step mean at ``x_1^j``; the last kernel is exactly Gaussian)."""
+    from .metrics import logsumexp_gauss
     M, d = mean1.shape
-    out = []
-    for i in range(0, x.shape[0], chunk):
-        d2 = torch.cdist(x[i:i + chunk], mean1) ** 2
-        out.append(torch.logsumexp(-0.5 * d2 / var1, dim=1))
-    return torch.cat(out) - math.log(M) - 0.5 * d * math.log(2 * math.pi * var1)
+    return logsumexp_gauss(x, mean1, float(var1)) - math.log(M) - 0.5 * d * math.log(2 * math.pi * var1)
 
 
 def kl_to_sampler_mc(target, score, schedule, *, n_sampler, n_eval, generator=None):

@@ -170,3 +170,14 @@ def test_knn_tree_equals_brute_force():
         metrics.knn_entropy(x, method="kd")
     with pytest.raises(ValueError, match="duplicate"):
         metrics.knn_entropy(torch.cat([x[:50], x[:1]]), method="tree")
+
+
+def test_logsumexp_gauss_is_the_direct_kernel_sum():
+    g = torch.Generator().manual_seed(3)
+    x, c = torch.randn(37, 3, generator=g, dtype=torch.float64) * 4, torch.randn(501, 3, generator=g, dtype=torch.float64)
+    for var in (0.01, 1.0, 7.5):
+        ref = torch.logsumexp(-0.5 * torch.cdist(x, c) ** 2 / var, dim=1)
+        assert torch.allclose(metrics.logsumexp_gauss(x, c, var), ref, rtol=1e-11, atol=1e-9)
+    for bad in (0.0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="var"):
+            metrics.logsumexp_gauss(x, c, bad)
