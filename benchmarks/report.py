@@ -463,6 +463,21 @@ def _profiling_section():
             "OpenMP's spinning workers made the quick benchmark section 90x slower (53 s against 0.6 s with one "
             "thread). Figures taken on a shared machine use one thread (see the device table); `make bench` uses "
             "two on a quiet machine.",
+            "* **Paper-size runs: page faults** (issue 19). The first paper-size runs of chapters 02-05 spent a large "
+            "share of their CPU time in the kernel, not in torch: after 9 minutes chapter 04's kernel had used 162 s "
+            "of user and 174 s of system time, chapter 02's 319 s and 224 s (`/proc/<pid>/stat`, five runs sharing "
+            "2 cores). The cause is glibc's allocator: a freed block of a few MiB (a 200k-chain tensor, a 600 x 600 "
+            "quadrature kernel) was unmapped or trimmed and the next one mapped and zero-filled again, page by page: "
+            "chapter 02's grid-law loop took 562,348 minor page faults for 400 steps. Keeping freed blocks up to "
+            "32 MiB (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`, set for every kernel by "
+            "`diffnotes/cli.py` and the Makefile) brings that loop to 2,766 faults and its time on the busy machine "
+            "from 30.5 s to 1.8 s; a test counts the faults with and without.",
+            "* **Paper-size runs: quadratic estimators** (issue 19). Chapter 05's last-kernel estimate "
+            "(`zeroshot.last_kernel_logdensity`) summed a Gaussian kernel over all 200,000 x 200,000 pairs with "
+            "`torch.cdist` and `logsumexp`, about 25 minutes an estimate on one core, for 16 estimates; one cell "
+            "had not finished after 25 minutes. It now shares `metrics.logsumexp_gauss` with the KDE (one matrix "
+            "product and one exp per term, 4x faster, exact) and both are evaluated at 20,000 posterior draws "
+            "(`kde_eval`), their standard errors shown.",
             "* **SMC.** torch.profiler of `tds` and `smcdiff` at 1000 x 128 particles (revision `4826ecc`): TDS spent "
             "about 60% of a step in its twist (`GaussianMixture.score` and `score_jacobian` on 128k points, computed "
             "separately, and the twist at each particle evaluated twice, once as the new twist of step t and once as "
