@@ -357,25 +357,30 @@ def kl_knn(x, logp, *, k=1, n_batches=20, whiten=True, method="tree"):
     return full, b.std() / math.sqrt(n_batches), b.mean() - full
 
 
-def logsumexp_gauss(x, centres, var=1.0):
+def logsumexp_gauss(x, centres, var=1.0, *, rows=128, cols=4096):
     """``log sum_j exp(-|x_i - c_j|^2 / (2 var))`` for every row ``x_i`` of ``x`` (``(m, d)``) over the rows ``c_j``
     of ``centres`` (``(n, d)``): the core of a Gaussian kernel sum, exact (every term), O(m n d).
 
-    ``-|x - c|^2 / 2 = x.c - |c|^2 / 2 - |x|^2 / 2``: one matrix product per chunk of ``x``, then the row's largest
-    term is taken out before exp (every term <= 1, the largest = 1: no overflow; underflow only of terms below
-    1e-308 of the largest).  Three passes over each (chunk, n) block, against six for ``torch.cdist`` followed by
-    ``logsumexp``: about 4x faster, the same numbers to ~1e-13 (a test against scipy, also far in the tails)."""
+    ``-|x - c|^2 / 2 = x.c - |c|^2 / 2 - |x|^2 / 2``: one matrix product per block of ``rows`` points and ``cols``
+    centres (a block small enough to stay in cache), then the running largest term is taken out before exp (every
+    term <= 1: no overflow; underflow only of terms below 1e-308 of the largest) and the block sums are combined as
+    an online log-sum-exp.  Against ``torch.cdist`` followed by ``logsumexp`` over all centres at once: 8-10x
+    faster at 200k centres, the same numbers to ~1e-13 (tests against scipy, also far in the tails)."""
     if not isinstance(var, (int, float)) or isinstance(var, bool) or not var > 0 or not math.isfinite(var):
         raise ValueError(f"var must be a finite number > 0, got {var!r}")
     z, c = x / math.sqrt(var), centres / math.sqrt(var)
     half_c = 0.5 * (c * c).sum(1)
-    k = _rows_per_chunk(c.shape[0])
     out = []
-    for i in range(0, z.shape[0], k):
-        p = z[i:i + k]
-        s = torch.addmm(half_c, p, c.T, beta=-1.0)                 # p.c - |c|^2 / 2
-        m = s.amax(1, keepdim=True)
-        out.append(torch.log(s.sub_(m).exp_().sum(1)) + m[:, 0] - 0.5 * (p * p).sum(1))
+    for i in range(0, z.shape[0], rows):
+        p = z[i:i + rows]
+        top = torch.full((p.shape[0], 1), -math.inf, dtype=z.dtype, device=z.device)
+        acc = torch.zeros(p.shape[0], 1, dtype=z.dtype, device=z.device)
+        for j in range(0, c.shape[0], cols):
+            s = torch.addmm(half_c[j:j + cols], p, c[j:j + cols].T, beta=-1.0)     # p.c - |c|^2 / 2
+            m = torch.maximum(top, s.amax(1, keepdim=True))
+            acc = acc * torch.exp(top - m) + s.sub_(m).exp_().sum(1, keepdim=True)
+            top = m
+        out.append(torch.log(acc[:, 0]) + top[:, 0] - 0.5 * (p * p).sum(1))
     return torch.cat(out)
 
 

@@ -178,6 +178,8 @@ def test_logsumexp_gauss_is_the_direct_kernel_sum():
     for var in (0.01, 1.0, 7.5):
         ref = torch.logsumexp(-0.5 * torch.cdist(x, c) ** 2 / var, dim=1)
         assert torch.allclose(metrics.logsumexp_gauss(x, c, var), ref, rtol=1e-11, atol=1e-9)
+        # blocks that do not divide the sizes (online log-sum-exp across 8 blocks of centres, 4 of points)
+        assert torch.allclose(metrics.logsumexp_gauss(x, c, var, rows=10, cols=64), ref, rtol=1e-11, atol=1e-9)
     for bad in (0.0, -1.0, float("nan"), True):
         with pytest.raises(ValueError, match="var"):
             metrics.logsumexp_gauss(x, c, bad)
