@@ -89,7 +89,7 @@ def skip_step(method, score, x, schedule, steps, *, eta=1.0, heads=None, table=N
     return SkipSamples(x, passes["forward"], passes, clipped)
 
 
-def smoothed_kl(target, x, h, n_eval=2000, generator=None, chunk=512):
+def smoothed_kl(target, x, h, n_eval=2000, generator=None):
     """``KL(q_h || p_h)`` with ``q_h = q * N(0, h^2 I)`` (exact, a Gaussian mixture) and ``p_h`` the sampler's law
     smoothed by the same kernel, i.e. the kernel density estimate of the samples ``x`` with bandwidth ``h``.
 
@@ -97,7 +97,7 @@ def smoothed_kl(target, x, h, n_eval=2000, generator=None, chunk=512):
     the value is finite even for a deterministic sampler; it is 0 iff ``p = q`` (the Gaussian kernel is
     characteristic), and with exact samples it measures the KDE's own bias (report it as the floor)."""
     import math
-    from .metrics import kl_mc
+    from .metrics import kl_mc, logsumexp_gauss
     from .targets import GaussianMixture
     if not h > 0:
         raise ValueError(f"h (bandwidth) must be positive, got {h}")
@@ -105,12 +105,9 @@ def smoothed_kl(target, x, h, n_eval=2000, generator=None, chunk=512):
     qh = GaussianMixture(target.weights, target.means, target.covs + h ** 2 * eye)
     y = qh.sample(n_eval, generator=generator)
     x = x.to(torch.float64)
-    logp = []
-    for yc in y.split(chunk):
-        d2 = torch.cdist(yc, x) ** 2
-        logp.append(torch.logsumexp(-0.5 * d2 / h ** 2, dim=1) - math.log(x.shape[0])
-                    - 0.5 * target.d * math.log(2 * math.pi * h ** 2))
-    est, se = kl_mc(qh.log_prob(y), torch.cat(logp))
+    logp = (logsumexp_gauss(y, x, float(h) ** 2) - math.log(x.shape[0])
+            - 0.5 * target.d * math.log(2 * math.pi * h ** 2))
+    est, se = kl_mc(qh.log_prob(y), logp)
     return float(est), float(se)
 
 
