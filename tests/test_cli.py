@@ -166,3 +166,12 @@ def test_kernels_keep_freed_blocks_instead_of_page_faulting():
     assert plain > 200 * 100, plain              # hundreds of faults per step
     assert kept < 0.1 * plain, (plain, kept)
     assert all(cli.RUN_ENV[k] == v for k, v in cli.MALLOC_ENV.items())
+
+
+@pytest.mark.parametrize("stem", sorted(p.stem for p in cli.NOTEBOOKS.glob("*.md")))
+def test_one_code_cell_language_per_notebook(stem):
+    """jupytext warns (and the kernel's language becomes ambiguous) when a MyST notebook mixes `{code-cell} python`
+    and `{code-cell} ipython3`."""
+    import re
+    langs = set(re.findall(r"^```\{code-cell\}\s*(\S*)", (cli.NOTEBOOKS / f"{stem}.md").read_text(), re.M))
+    assert len(langs) == 1, langs
