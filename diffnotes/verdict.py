@@ -259,6 +259,7 @@ class Verdicts:
         failed the same test too (also power); existence: an existence claim (unseen means inconclusive);
         decide: for an inconclusive outcome, what size would decide it.
         """
+        by_size = dict(stated) if isinstance(stated, dict) else {k: stated for k in SIZES if k != "custom"}
         if isinstance(stated, dict):
             if self.size not in stated:
                 if self.size != "custom":
@@ -291,7 +292,8 @@ class Verdicts:
                "control": None if rc is None else {"name": control.name, "measured": _plain(rc.figure),
                                                    "passed": bool(rc.ok)},
                "paper_fails": bool(paper_fails), "existence": bool(existence),
-               "outcome": outcome, "stated": stated, "decide": decide, "note": note, "size": self.size}
+               "outcome": outcome, "stated": stated, "stated_by_size": by_size, "decide": decide, "note": note,
+               "size": self.size}
         problems = []
         if rf.ok:
             problems.append(f"the foil '{foil.name}' passed the test, so the test cannot fail (measured {rf.figure})")
@@ -324,11 +326,11 @@ class Verdicts:
             print(f"No paper-size record of {self.chapter} yet (results/paper/{self.chapter}.json).")
             return []
 
-        def counts(c):
+        def counts(c, stated=None):
             if c is None:
                 return "no record"
             return (", ".join(f"{k} x{v}" for k, v in c["outcome_counts"].items())
-                    + f" ({c.get('agree', 0)} of {c.get('n', 0)} agree with the text)"
+                    + f" ({agree_now(c, stated)} of {c.get('n', 0)} agree with the text)"
                     + (f"; measured {fmt(c['mean'])} ± {fmt(c['se'])}" if c.get("se") is not None else
                        f"; measured {fmt(c['measured'][0])}" if c.get("measured") else ""))
 
@@ -337,9 +339,11 @@ class Verdicts:
             pc = paper["claims"].get(r["id"])
             diff = pc is not None and set(pc["outcome_counts"]) != {r["outcome"]}
             differ += [r["id"]] * diff
-            row = [r["id"], f"{r['outcome']} (measured {fmt(r['measured'])})", counts(pc), "yes" if diff else ""]
+            st = r.get("stated_by_size") or {}
+            row = [r["id"], f"{r['outcome']} (measured {fmt(r['measured'])})", counts(pc, st.get("paper")),
+                   "yes" if diff else ""]
             if recs["replicates"] is not None:
-                row.insert(3, counts(recs["replicates"]["claims"].get(r["id"])))
+                row.insert(3, counts(recs["replicates"]["claims"].get(r["id"]), st.get("ci")))
             rows.append(row)
         seeds, walls = paper.get("seeds", []), [x.get("wall_s") for x in paper.get("runs", []) if x.get("wall_s")]
         cap = (f"This run ({self.size} size) beside the committed paper-size record: {len(seeds)} seed(s), "
@@ -358,6 +362,15 @@ class Verdicts:
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{self.chapter}.json").write_text(json.dumps(
             {"chapter": self.chapter, "title": self.title, "claims": self.records}, indent=1))
+
+
+def agree_now(claim, stated=None):
+    """How many seeds of an aggregated record (``diffnotes.sweep.aggregate``) agree with the outcome the chapter's
+    text states *now* for that size (``stated``, from the current run's ``stated_by_size``); without it, the
+    agreement recorded when the runs were made."""
+    if stated is None or "outcomes" not in claim:
+        return claim.get("agree", 0)
+    return sum(o == stated for o in claim["outcomes"])
 
 
 def fmt(v):

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffnotes.verdict import fmt  # noqa: E402
+from diffnotes.verdict import agree_now, fmt  # noqa: E402
 
 
 def cell(v):
@@ -129,13 +129,15 @@ def main():
             else:
                 pap = ", ".join(f"{k} x{v}" for k, v in pc["outcome_counts"].items())
                 if pc.get("n"):
-                    pap += f" ({pc.get('agree', 0)} of {pc['n']} seeds agree with the text)"
+                    pap += (f" ({agree_now(pc, (c.get('stated_by_size') or {}).get('paper'))} of {pc['n']} seeds "
+                            "agree with the text)")
                 if set(pc["outcome_counts"]) != {c.get("outcome")}:
                     pap += "; **differs from CI size**"
             rc = reps.get(chapter, {}).get("claims", {}).get(c["id"])
             if rc is not None and rc.get("n", 0) > 1:
                 pap += ("; **replicates**: " + ", ".join(f"{k} x{v}" for k, v in rc["outcome_counts"].items())
-                        + f" over {rc['n']} seeds ({rc.get('agree', 0)} agree with the text)"
+                        + f" over {rc['n']} seeds ({agree_now(rc, (c.get('stated_by_size') or {}).get('ci'))} agree "
+                          "with the text)"
                         + (f", measured {cell(rc['mean'])} ± {cell(rc['se'])} (mean ± s.e.)"
                            if rc.get("mean") is not None and rc.get("se") is not None else ""))
             lines.append("| " + " | ".join([cell(c["document"]), cell(c["claim"]), cell(c["expected"]),

@@ -153,3 +153,25 @@ def test_compare_paper_flags_the_claims_whose_paper_outcome_differs(tmp_path, ca
     assert "no record" in out
     assert verdict.Verdicts("other", "t", "ci").compare_paper(root=tmp_path) == []
     assert "No paper-size record of other" in capsys.readouterr().out
+
+
+def test_paper_agreement_is_judged_against_the_text_as_it_is_now(tmp_path, capsys, monkeypatch):
+    """A record made when the text stated 'reproduced' at paper size (agree 0) agrees once the text states the
+    paper-size outcome that was measured: agreement is recomputed from the run's stated_by_size."""
+    import json
+
+    from diffnotes import verdict
+    from diffnotes.verdict import Foil, Test
+    (tmp_path / "results" / "paper").mkdir(parents=True)
+    rec = {"chapter": "ch", "seeds": [0], "runs": [], "claims": {"s": {
+        "outcome_counts": {"inconclusive": 1}, "outcomes": ["inconclusive"], "agree": 0, "n": 1, "measured": [0.7]}}}
+    (tmp_path / "results" / "paper" / "ch.json").write_text(json.dumps(rec))
+    monkeypatch.setenv("DIFFNOTES_RESULTS", str(tmp_path / "out"))
+    V = verdict.Verdicts("ch", "t", "ci")
+    V.check("s", document="d", claim="c", expected=1, test=Test("x > 0.5", lambda x: (x > 0.5, x)), data=0.9,
+            foil=Foil("0.4", 0.4, "0.5 lower"), stated={"smoke": "reproduced", "ci": "reproduced",
+                                                          "paper": "inconclusive"}, decide="a larger grid")
+    assert V.records[-1]["stated_by_size"]["paper"] == "inconclusive"
+    capsys.readouterr()
+    assert V.compare_paper(root=tmp_path) == ["s"]
+    assert "inconclusive x1 (1 of 1 agree with the text)" in capsys.readouterr().out
