@@ -30,9 +30,13 @@ def documented(stem, params):
     """Whether ``params`` (all but the seed) are the chapter's documented paper size, ``notebooks/params/<stem>.paper.yml``
     over the notebook's defaults; else the names that differ."""
     import yaml
+
+    from diffnotes import cli
     f = ROOT / "notebooks" / "params" / f"{stem}.paper.yml"
     paper = yaml.safe_load(f.read_text()) if f.exists() else {}
-    diff = sorted(k for k, v in paper.items() if params.get(k) != v)
+    nb = ROOT / "notebooks" / f"{stem}.md"
+    default = {k: v[0] for k, v in cli.read_parameters(nb).items()} if nb.exists() else {}
+    diff = sorted(k for k, v in paper.items() if k != "size" and params.get(k, default.get(k)) != v)
     return not diff, diff
 
 
