@@ -347,7 +347,7 @@ class Verdicts:
             rows.append(row)
         seeds, walls = paper.get("seeds", []), [x.get("wall_s") for x in paper.get("runs", []) if x.get("wall_s")]
         cap = (f"This run ({self.size} size) beside the committed paper-size record: {len(seeds)} seed(s), "
-               + (f"{max(walls) / 60:.0f} min a run, " if walls else "")
+               + (("up to " if len(walls) > 1 else "") + f"{max(walls) / 60:.0f} min a run, " if walls else "")
                + ("the documented paper size" if paper.get("documented_paper_size", True) else
                   "not the documented paper size (differs in " + ", ".join(paper.get("differs_in", [])) + ")")
                + (f". {paper['note']}" if paper.get("note") else ""))
