@@ -260,13 +260,9 @@ class Verdicts:
         decide: for an inconclusive outcome, what size would decide it.
         """
         by_size = dict(stated) if isinstance(stated, dict) else {k: stated for k in SIZES if k != "custom"}
-        if isinstance(stated, dict):
-            if self.size not in stated:
-                if self.size != "custom":
-                    raise ValueError(f"stated gives no outcome for size {self.size!r}: {stated}")
-                stated = stated.get("ci")
-            else:
-                stated = stated[self.size]
+        if self.size not in by_size and self.size != "custom":
+            raise ValueError(f"stated gives no outcome for size {self.size!r}: {stated}")
+        stated = by_size.get(self.size, by_size.get("ci"))          # a custom run is judged by the CI-size text
         if stated not in OUTCOMES:
             raise ValueError(f"stated must be one of {OUTCOMES}, got {stated!r}")
         if not isinstance(test, Test):
@@ -329,15 +325,14 @@ class Verdicts:
         def counts(c, stated=None):
             if c is None:
                 return "no record"
-            return (", ".join(f"{k} x{v}" for k, v in c["outcome_counts"].items())
-                    + f" ({agree_now(c, stated)} of {c.get('n', 0)} agree with the text)"
+            return (counts_text(c) + f" ({agree_now(c, stated)} of {c.get('n', 0)} agree with the text)"
                     + (f"; measured {fmt(c['mean'])} ± {fmt(c['se'])}" if c.get("se") is not None else
                        f"; measured {fmt(c['measured'][0])}" if c.get("measured") else ""))
 
         rows, differ = [], []
         for r in self.records:
             pc = paper["claims"].get(r["id"])
-            diff = pc is not None and set(pc["outcome_counts"]) != {r["outcome"]}
+            diff = pc is not None and differs(pc, r["outcome"])
             differ += [r["id"]] * diff
             st = r.get("stated_by_size") or {}
             row = [r["id"], f"{r['outcome']} (measured {fmt(r['measured'])})", counts(pc, st.get("paper")),
@@ -362,6 +357,16 @@ class Verdicts:
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{self.chapter}.json").write_text(json.dumps(
             {"chapter": self.chapter, "title": self.title, "claims": self.records}, indent=1))
+
+
+def counts_text(claim):
+    """``"reproduced x7, inconclusive x1"``: the outcome counts of an aggregated record (``diffnotes.sweep``)."""
+    return ", ".join(f"{k} x{v}" for k, v in claim["outcome_counts"].items())
+
+
+def differs(claim, outcome):
+    """Whether an aggregated record's outcomes are anything but ``outcome`` (this run's) in every seed."""
+    return set(claim["outcome_counts"]) != {outcome}
 
 
 def agree_now(claim, stated=None):

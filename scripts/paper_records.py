@@ -65,17 +65,17 @@ def collect(out: Path, dest: Path, note: str = "", size: str = "paper") -> list[
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="the sweep's --out folder")
-    ap.add_argument("--dest", type=Path, default=ROOT / "results" / "paper")
+    ap.add_argument("--dest", type=Path, default=None,
+                    help="where the records go (default results/paper, or results/replicates with --replicates)")
     ap.add_argument("--note", default="", help="what the record is, where it is not the documented paper size "
                                                "(e.g. which parameters were reduced and why)")
     ap.add_argument("--replicates", action="store_true",
                     help="collect runs of size 'custom' (the paper size of some sections, e.g. 8 seeds of chapter "
                          "04's SMC sections) into results/replicates/<stem>.json, shown beside the paper-size record")
     a = ap.parse_args(argv)
-    if a.replicates and a.dest == ROOT / "results" / "paper":
-        a.dest = ROOT / "results" / "replicates"
     size = "custom" if a.replicates else "paper"
-    written = collect(a.out, a.dest, a.note, size)
+    dest = a.dest or ROOT / "results" / ("replicates" if a.replicates else "paper")
+    written = collect(a.out, dest, a.note, size)
     if not written:
         raise SystemExit(f"no runs of size {size!r} in {a.out}")
     for p in written:

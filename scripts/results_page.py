@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffnotes.verdict import agree_now, fmt  # noqa: E402
+from diffnotes.verdict import agree_now, counts_text, differs, fmt  # noqa: E402
 
 
 def cell(v):
@@ -48,6 +48,12 @@ def paper_line(p):
     return line
 
 
+def load(folder):
+    """``{chapter: record}`` of the committed records in ``folder`` (each file read once)."""
+    recs = [json.loads(f.read_text()) for f in sorted(Path(folder).glob("*.json"))]
+    return {r["chapter"]: r for r in recs}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--results", default=str(ROOT / "_build" / "results"))
@@ -65,9 +71,7 @@ def main():
     counts = {o: sum(c.get("outcome") == o for c in claims) for o in ("reproduced", "not reproduced", "inconclusive")}
     foils = sum(not (c.get("foil") or {}).get("passed", True) for c in claims)
     agree = sum(c.get("agrees", False) for c in claims)
-    paper = {json.loads(f.read_text())["chapter"]: json.loads(f.read_text()) for f in sorted(Path(args.paper).glob("*.json"))}
-    reps = {json.loads(f.read_text())["chapter"]: json.loads(f.read_text())
-            for f in sorted(Path(args.replicates).glob("*.json"))}
+    paper, reps = load(args.paper), load(args.replicates)
     lines = ["# Results at a glance", "",
              "One row per claim, collected from the verdict cells of the chapters as they executed for this build "
              "(`scripts/results_page.py` reads `_build/results/*.json`; nothing here is typed by hand). "
@@ -90,14 +94,12 @@ def main():
                   f"chapters with a paper-size record: {', '.join(sorted(paper)) or 'none yet'}. It gives the outcome "
                   "over the seeds run and how many of them agree with the outcome the chapter's text states for the "
                   "paper size.", ""]
-    differ = [(rec["chapter"], c["id"], c.get("outcome"), paper[rec["chapter"]]["claims"][c["id"]]["outcome_counts"])
-              for rec in chapters for c in rec["claims"]
-              if c["id"] in paper.get(rec["chapter"], {}).get("claims", {})
-              and set(paper[rec["chapter"]]["claims"][c["id"]]["outcome_counts"]) != {c.get("outcome")}]
+    differ = [(rec["chapter"], c["id"], c.get("outcome"), pc) for rec in chapters for c in rec["claims"]
+              for pc in [paper.get(rec["chapter"], {}).get("claims", {}).get(c["id"])]
+              if pc is not None and differs(pc, c.get("outcome"))]
     if paper:
         lines += ["**Claims whose outcome differs between CI size and paper size** (each chapter discusses its own): "
-                  + ("; ".join(f"{ch} `{cid}`: {o} at CI size, "
-                               + ", ".join(f"{k} x{v}" for k, v in pc.items()) + " at paper size"
+                  + ("; ".join(f"{ch} `{cid}`: {o} at CI size, {counts_text(pc)} at paper size"
                                for ch, cid, o, pc in differ) if differ else "none") + ".", ""]
     for rec in chapters:
         chapter = rec["chapter"]
@@ -127,15 +129,15 @@ def main():
             if pc is None:
                 pap = "not run" if chapter not in paper else "no record"
             else:
-                pap = ", ".join(f"{k} x{v}" for k, v in pc["outcome_counts"].items())
+                pap = counts_text(pc)
                 if pc.get("n"):
                     pap += (f" ({agree_now(pc, (c.get('stated_by_size') or {}).get('paper'))} of {pc['n']} seeds "
                             "agree with the text)")
-                if set(pc["outcome_counts"]) != {c.get("outcome")}:
+                if differs(pc, c.get("outcome")):
                     pap += "; **differs from CI size**"
             rc = reps.get(chapter, {}).get("claims", {}).get(c["id"])
             if rc is not None and rc.get("n", 0) > 1:
-                pap += ("; **replicates**: " + ", ".join(f"{k} x{v}" for k, v in rc["outcome_counts"].items())
+                pap += ("; **replicates**: " + counts_text(rc)
                         + f" over {rc['n']} seeds ({agree_now(rc, (c.get('stated_by_size') or {}).get('ci'))} agree "
                           "with the text)"
                         + (f", measured {cell(rc['mean'])} ± {cell(rc['se'])} (mean ± s.e.)"
